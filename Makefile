@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: Apache-2.0
+#
+# MigrOS. The two commands that matter:
+#   make demo   install what is missing, build, boot the lab, run the main job
+#   make test   everything: unit tests, patch checks and the lab end-to-end tests
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export LC_ALL := C
+# Go lives in /usr/local/go on our machines; PATH may not say so.
+export PATH := $(PATH):/usr/local/go/bin
+
+# One Debian kernel version pins the guest kernel image, the headers we
+# build rdma_rxe against and the source it comes from.
+KERNEL_ABI ?= 56
+KERNEL_DEB ?= 6.1.192-2
+KREL := 6.1.0-$(KERNEL_ABI)-amd64
+
+TOP := $(CURDIR)
+OUT := $(TOP)/_output
+CACHE := $(TOP)/_cache
+BIN := $(OUT)/bin
+LABOUT := $(OUT)/lab
+KIMAGE := $(CACHE)/kernel/$(KREL)_$(KERNEL_DEB)
+export KERNEL_ABI KERNEL_DEB CACHE OUT
+
+GO ?= go
+GOTEST_FLAGS ?=
+# Lab end-to-end tests: one lab for the whole run.
+E2E_TIMEOUT ?= 40m
+E2E_RUN ?= .
+
+.PHONY: all deps tools kernel kernel-check binaries lab-assets lab lab-down demo \
+	test unit-test e2e-test bench-lab clean
+
+all: binaries kernel
+
+# deps: Debian packages, the unpacked guest kernel, and a Go check.
+$(CACHE)/.deps-$(KREL)-$(KERNEL_DEB): hack/deps.sh
+	@mkdir -p $(CACHE)
+	hack/deps.sh
+	@touch $@
+deps: $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@hack/deps.sh
+
+# containerd 2.x, ctr, the runc shim and runc, at the versions go.mod pins.
+TOOL_BINS := $(BIN)/containerd $(BIN)/ctr $(BIN)/containerd-shim-runc-v2 $(BIN)/runc
+$(BIN)/.tools: go.mod go.sum | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -tags no_grpc -o $(BIN)/ \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+	$(GO) build -trimpath -ldflags=-s -tags no_btrfs -o $(BIN)/ \
+		github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr
+	$(GO) build -trimpath -ldflags=-s -tags seccomp -o $(BIN)/ github.com/opencontainers/runc
+	@touch $@
+tools: $(BIN)/.tools
+
+# Our rdma_rxe.ko: Debian's rxe source plus kernel/patches.
+$(OUT)/kernel/rdma_rxe.ko: $(wildcard kernel/patches/*.patch) hack/build-rxe.sh | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(OUT)/kernel
+	hack/build-rxe.sh build
+kernel: $(OUT)/kernel/rdma_rxe.ko
+kernel-check: | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	hack/build-rxe.sh check
+
+# Our Go binaries (go's own cache makes this cheap when nothing changed).
+binaries: | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+$(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	hack/lab/mkinitrd.sh $(KIMAGE) $(KREL) $@
+
+# The test image is rebuilt only when the builder or the host's RDMA
+# packages change.
+$(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status | binaries
+	$(BIN)/migros-lab image -o $@
+
+lab-assets: tools kernel binaries $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
+	@printf '{\n  "kernel": "%s",\n  "initrd": "%s",\n  "modules": "%s",\n  "rxe": "%s",\n  "bin": "%s",\n  "guest_init": "%s",\n  "image": "%s",\n  "migros_version": "%s"\n}\n' \
+		$(KIMAGE)/boot/vmlinuz-$(KREL) $(LABOUT)/initrd.img $(KIMAGE) $(OUT)/kernel/rdma_rxe.ko \
+		$(BIN) $(TOP)/hack/lab/guest-init $(LABOUT)/rdma-test.oci.tar "$$(cat $(OUT)/kernel/migros_version)" \
+		> $(LABOUT)/assets.json
+
+# An interactive lab that stays up; `make lab-down` removes it.
+lab: lab-assets
+	$(BIN)/migros-lab up --name lab --assets $(LABOUT)/assets.json
+
+lab-down:
+	@if [ -x $(BIN)/migros-lab ]; then $(BIN)/migros-lab down --all; \
+	else $(GO) run ./cmd/migros-lab down --all; fi
+
+demo: lab-assets
+	$(BIN)/migros-lab demo --assets $(LABOUT)/assets.json
+
+# make test: each stage is timed into $(OUT)/test-stages.tsv (make bench-lab
+# reports it).
+STAGE = hack/stage.sh $(OUT)/test-stages.tsv
+test:
+	@mkdir -p $(OUT); : > $(OUT)/test-stages.tsv
+	$(STAGE) deps $(MAKE) --no-print-directory deps
+	$(STAGE) lab-assets $(MAKE) --no-print-directory lab-assets
+	$(STAGE) kernel-check $(MAKE) --no-print-directory kernel-check
+	$(STAGE) unit-test $(MAKE) --no-print-directory unit-test
+	$(STAGE) e2e-test $(MAKE) --no-print-directory e2e-test
+	@echo "stage wall times:"; column -t $(OUT)/test-stages.tsv
+
+unit-test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
+
+e2e-test: lab-assets
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v $(GOTEST_FLAGS) \
+		./integration/ -assets $(LABOUT)/assets.json 2>&1 | tee $(OUT)/e2e.log
+
+# Lab performance: boot time, perftest latency and bandwidth, and the stage
+# times of the last make test.
+bench-lab: lab-assets
+	$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench 'BenchmarkLab' -benchtime 1x -v \
+		./integration/ -assets $(LABOUT)/assets.json
+	@if [ -s $(OUT)/test-stages.tsv ]; then echo "last make test, stage wall times:"; column -t $(OUT)/test-stages.tsv; fi
+
+clean: lab-down
+	rm -rf $(OUT)
+
+# Also removes the unpacked kernel and extracted sources.
+distclean: clean
+	rm -rf $(CACHE)
