@@ -109,9 +109,12 @@ unit-test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
 
+# The lab is torn down even when go test dies (a timeout panics past
+# TestMain's cleanup).
 e2e-test: lab-assets
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v $(GOTEST_FLAGS) \
-		./integration/ -assets $(LABOUT)/assets.json 2>&1 | tee $(OUT)/e2e.log
+	rc=0; $(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v $(GOTEST_FLAGS) \
+		./integration/ -assets $(LABOUT)/assets.json 2>&1 | tee $(OUT)/e2e.log || rc=$$?; \
+	$(BIN)/migros-lab down --name e2e; exit $$rc
 
 # Lab performance: boot time, perftest latency and bandwidth, and the stage
 # times of the last make test.

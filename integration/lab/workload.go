@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/migros/migros/integration/lab/control"
+)
+
+// TestImage is the image every guest imports at boot (Assets.Image).
+const TestImage = "localhost/migros/rdma-test:latest"
+
+// RDMAPort is the TCP port perftest and the ibv_*_pingpong programs use to
+// exchange connection details.
+const RDMAPort = 18515
+
+// Container describes a container run with ctr.
+type Container struct {
+	ID    string
+	Image string // default TestImage
+	// RDMA passes every /dev/infiniband device into the container and runs
+	// it in the guest's network namespace, where its rxe device lives.
+	RDMA bool
+	// Runtime is the containerd runtime (default io.containerd.runc.v2).
+	Runtime string
+	// Detach returns once the task has started (ctr run -d).
+	Detach bool
+}
+
+// RunArgv returns the ctr command that runs argv in c on g.
+func (g *Guest) RunArgv(ctx context.Context, c Container, argv ...string) ([]string, error) {
+	image := c.Image
+	if image == "" {
+		image = TestImage
+	}
+	cmd := []string{"ctr", "run", "--rm"}
+	if c.Detach {
+		cmd = []string{"ctr", "run", "-d"}
+	}
+	if c.Runtime != "" {
+		cmd = append(cmd, "--runtime", c.Runtime)
+	}
+	if c.RDMA {
+		devs, err := g.RDMADevices(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range devs {
+			cmd = append(cmd, "--device", d)
+		}
+		cmd = append(cmd, "--net-host")
+	}
+	return append(append(cmd, image, c.ID), argv...), nil
+}
+
+// RDMADevices lists the guest's /dev/infiniband device nodes.
+func (g *Guest) RDMADevices(ctx context.Context) ([]string, error) {
+	out, err := g.Output(ctx, "sh", "-c", "ls /dev/infiniband/*")
+	if err != nil {
+		return nil, err
+	}
+	devs := strings.Fields(out)
+	if len(devs) == 0 {
+		return nil, fmt.Errorf("guest %s: no /dev/infiniband devices", g.Name)
+	}
+	return devs, nil
+}
+
+// RemoveContainer kills and deletes a container and its task, ignoring
+// what is already gone.
+func (g *Guest) RemoveContainer(ctx context.Context, id string) {
+	_ = g.Run(ctx, "ctr", "task", "kill", "-s", "SIGKILL", id)
+	for range 50 {
+		if g.Run(ctx, "ctr", "task", "delete", id) != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = g.Run(ctx, "ctr", "container", "delete", id)
+}
+
+// WaitListening waits until a process in the guest's network namespace
+// listens on TCP port.
+func (g *Guest) WaitListening(ctx context.Context, port int, server *control.Process) error {
+	filter := fmt.Sprintf("sport = :%d", port)
+	for {
+		out, err := g.Output(ctx, "ss", "-Hltn", filter)
+		if err == nil && strings.TrimSpace(out) != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest %s: nothing listens on port %d: %w", g.Name, port, ctx.Err())
+		case <-server.Done():
+			return fmt.Errorf("guest %s: server ended before listening: %w", g.Name, server.Wait())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// PairResult holds the output of both sides of a client/server program.
+type PairResult struct {
+	Server, Client string
+}
+
+// RunPair runs an RDMA program pair: serverArgv on server, then clientArgv
+// on client once the server listens on RDMAPort. Both must succeed.
+func RunPair(ctx context.Context, server *Guest, serverArgv []string, client *Guest, clientArgv []string) (PairResult, error) {
+	var res PairResult
+	var sout, serr bytes.Buffer
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sp, err := server.Start(sctx, &control.Cmd{Argv: serverArgv, Stdout: &sout, Stderr: &serr})
+	if err != nil {
+		return res, err
+	}
+	if err := server.WaitListening(ctx, RDMAPort, sp); err != nil {
+		return res, err
+	}
+	var cout bytes.Buffer
+	cerr := client.Exec(ctx, &control.Cmd{Argv: clientArgv, Stdout: &cout, Stderr: &cout})
+	res.Client = cout.String()
+	if cerr != nil {
+		cancel()
+		sp.Wait()
+		res.Server = sout.String() + serr.String()
+		return res, fmt.Errorf("client: %w\nclient output:\n%s\nserver output:\n%s", cerr, res.Client, res.Server)
+	}
+	select {
+	case <-sp.Done():
+	case <-time.After(60 * time.Second):
+		cancel()
+	}
+	err = sp.Wait()
+	res.Server = sout.String() + serr.String()
+	if err != nil {
+		return res, fmt.Errorf("server: %w\nserver output:\n%s", err, res.Server)
+	}
+	return res, nil
+}
+
+// ErrNoResult is returned when a tool's output lacks the expected result.
+var ErrNoResult = errors.New("no result in output")

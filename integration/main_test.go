@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build e2e
+
+// Package integration holds MigrOS' end-to-end tests. They run in the QEMU
+// lab (integration/lab) against real components: Debian's 6.1 kernel with
+// our rdma_rxe, containerd, runc, CRIU and unmodified RDMA programs.
+// Run them with `make e2e-test` (part of `make test`).
+package integration
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/migros/migros/integration/lab"
+)
+
+var (
+	assetsFlag = flag.String("assets", "", "lab assets.json (make lab-assets)")
+	labName    = flag.String("lab", "e2e", "name of the lab these tests boot")
+)
+
+// The lab all tests share, booted once by TestMain.
+var (
+	theLab    *lab.Lab
+	theAssets lab.Assets
+	// upTime is how long lab.Up took (boot, setup, image import).
+	upTime time.Duration
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if *assetsFlag == "" {
+		fmt.Fprintln(os.Stderr, "e2e: -assets is required; run make e2e-test")
+		return 2
+	}
+	a, err := lab.LoadAssets(*assetsFlag)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	theAssets = a
+	ctx := context.Background()
+	start := time.Now()
+	l, err := lab.Up(ctx, lab.Config{Name: *labName, Assets: a, Guests: lab.DefaultGuests(), Log: os.Stderr})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: lab did not come up:", err)
+		return 1
+	}
+	upTime = time.Since(start)
+	theLab = l
+	defer func() {
+		if err := l.Down(context.Background()); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: lab teardown:", err)
+		}
+	}()
+	return m.Run()
+}
+
+// guest returns the lab guest called name, failing the test if it is
+// missing, and prints the guest's logs if the test fails.
+func guest(t testing.TB, name string) *lab.Guest {
+	t.Helper()
+	g := theLab.Guest(name)
+	if g == nil {
+		t.Fatalf("lab has no guest %q", name)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(g.Logs(context.Background()))
+		}
+	})
+	return g
+}
+
+// testContext bounds one test's work in the lab.
+func testContext(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
