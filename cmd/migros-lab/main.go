@@ -29,11 +29,12 @@ import (
 const usage = `usage: migros-lab COMMAND [flags]
 
 commands:
-  up      [--name N] [--assets F]    boot the lab and leave it running
+  up      [--name N] [--guests G,..] boot the lab and leave it running
   down    [--name N | --all]         stop guests, remove taps, bridge, namespace
   status  [--name N]                 show the guests of a running lab
   exec    [--name N] GUEST CMD...    run a command in a guest
   shell   [--name N] GUEST           interactive shell in a guest (Ctrl-] quits)
+  demo    [--assets F]               boot a lab, run RDMA containers, tear down
   image   -o FILE                    build the RDMA test image (OCI archive)
   agent   [--port NAME]              (in a guest) serve the control channel
 `
@@ -47,7 +48,7 @@ func main() {
 	defer stop()
 	cmds := map[string]func(context.Context, []string) error{
 		"up": up, "down": down, "status": status, "exec": execCmd, "shell": shell,
-		"image": image, "agent": agent,
+		"demo": demo, "image": image, "agent": agent,
 	}
 	fn, ok := cmds[os.Args[1]]
 	if !ok {
@@ -66,13 +67,14 @@ func main() {
 
 // common flags of the commands that act on a lab.
 type labFlags struct {
-	name, assets, stateRoot string
+	name, assets, stateRoot, guests string
 }
 
 func (f *labFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.name, "name", "lab", "lab name")
 	fs.StringVar(&f.assets, "assets", defaultAssets(), "assets.json made by make lab-assets")
 	fs.StringVar(&f.stateRoot, "state", lab.DefaultStateRoot, "state directory root")
+	fs.StringVar(&f.guests, "guests", "src,dst,peer", "guests to boot (up, demo)")
 }
 
 // defaultAssets finds _output/lab/assets.json from the working directory.
@@ -94,7 +96,19 @@ func (f *labFlags) config() (lab.Config, error) {
 	if err != nil {
 		return lab.Config{}, err
 	}
-	return lab.Config{Name: f.name, Assets: a, Guests: lab.DefaultGuests(), StateRoot: f.stateRoot, Log: os.Stderr}, nil
+	var guests []lab.GuestSpec
+	for _, name := range strings.Split(f.guests, ",") {
+		found := false
+		for _, g := range lab.DefaultGuests() {
+			if g.Name == name {
+				guests, found = append(guests, g), true
+			}
+		}
+		if !found {
+			return lab.Config{}, fmt.Errorf("unknown guest %q (have src, dst, peer)", name)
+		}
+	}
+	return lab.Config{Name: f.name, Assets: a, Guests: guests, StateRoot: f.stateRoot, Log: os.Stderr}, nil
 }
 
 func up(ctx context.Context, args []string) error {

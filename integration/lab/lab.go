@@ -196,7 +196,23 @@ func Teardown(ctx context.Context, name, stateRoot string) error {
 		os.Remove(m)
 	}
 	os.Remove(filepath.Join(cfg.StateDir(), "state.json"))
+	if left := Leftovers(name); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("lab %s: still present after teardown: %s", name, strings.Join(left, ", ")))
+	}
 	return errors.Join(errs...)
+}
+
+// Leftovers describes whatever of the lab called name still exists: QEMU
+// processes and its network namespace (which holds its bridge and taps).
+func Leftovers(name string) []string {
+	var left []string
+	for pid := range labProcesses(name) {
+		left = append(left, fmt.Sprintf("QEMU process %d", pid))
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", (&Config{Name: name}).Netns())); err == nil {
+		left = append(left, "network namespace "+(&Config{Name: name}).Netns())
+	}
+	return left
 }
 
 // TeardownAll removes every lab found on this machine: every migros-*
