@@ -119,8 +119,9 @@ e2e-test: lab-assets
 # Lab performance: boot time, perftest latency and bandwidth, and the stage
 # times of the last make test.
 bench-lab: lab-assets
-	$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench 'BenchmarkLab' -benchtime 1x -v \
-		./integration/ -assets $(LABOUT)/assets.json
+	rc=0; $(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench 'BenchmarkLab' -benchtime 1x \
+		./integration/ -assets $(LABOUT)/assets.json || rc=$$?; \
+	for l in e2e bbridge bsocket bdgram; do $(BIN)/migros-lab down --name $$l; done; exit $$rc
 	@if [ -s $(OUT)/test-stages.tsv ]; then echo "last make test, stage wall times:"; column -t $(OUT)/test-stages.tsv; fi
 
 clean: lab-down

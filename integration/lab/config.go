@@ -99,6 +99,20 @@ func DefaultGuests() []GuestSpec {
 	}
 }
 
+// Net selects how guests are linked.
+type Net string
+
+const (
+	// NetBridge: a tap per guest on a bridge in the lab's namespace (default).
+	NetBridge Net = ""
+	// NetSocket: QEMU's -netdev socket, a TCP stream between two guests'
+	// QEMU processes on the namespace's loopback. Kept for comparison.
+	NetSocket Net = "socket"
+	// NetDgram: QEMU's -netdev dgram, UDP between two guests' QEMU
+	// processes on the namespace's loopback. Kept for comparison.
+	NetDgram Net = "dgram"
+)
+
 // Config describes a lab.
 type Config struct {
 	// Name tells labs apart: namespace migros-<Name>, state in
@@ -109,6 +123,8 @@ type Config struct {
 	// StateRoot holds sockets, console logs and guest shares
 	// (default /run/migros-lab).
 	StateRoot string `json:"state_root,omitempty"`
+	// Net is the guests' network; NetSocket and NetDgram link exactly two.
+	Net Net `json:"net,omitempty"`
 	// Log receives progress lines; nil discards them.
 	Log io.Writer `json:"-"`
 }
@@ -140,6 +156,15 @@ func (c *Config) validate() error {
 	}
 	if len(c.Guests) == 0 {
 		return errors.New("lab: no guests")
+	}
+	switch c.Net {
+	case NetBridge:
+	case NetSocket, NetDgram:
+		if len(c.Guests) != 2 {
+			return fmt.Errorf("lab: network %q links exactly two guests", c.Net)
+		}
+	default:
+		return fmt.Errorf("lab: unknown network %q", c.Net)
 	}
 	seen := map[string]bool{}
 	for _, g := range c.Guests {

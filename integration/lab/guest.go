@@ -18,14 +18,15 @@ import (
 // Guest is one lab host.
 type Guest struct {
 	GuestSpec
-	cfg *Config
+	index int // position in the lab's configuration
+	cfg   *Config
 	dir string
 	mu  sync.Mutex
 	ctl *control.Client
 }
 
-func newGuest(cfg *Config, spec GuestSpec) *Guest {
-	return &Guest{GuestSpec: spec, cfg: cfg, dir: filepath.Join(cfg.StateDir(), spec.Name)}
+func newGuest(cfg *Config, index int, spec GuestSpec) *Guest {
+	return &Guest{GuestSpec: spec, index: index, cfg: cfg, dir: filepath.Join(cfg.StateDir(), spec.Name)}
 }
 
 // Share is the host directory the guest sees, writable, at /lab.
@@ -97,7 +98,7 @@ func (g *Guest) qemuArgs() []string {
 		"-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
 		"-fsdev", "local,id=lab,path=" + g.Share() + ",security_model=none",
 		"-device", "virtio-9p-pci,fsdev=lab,mount_tag=lab",
-		"-netdev", "tap,id=net0,ifname=" + tapName(g.Name) + ",script=no,downscript=no",
+		"-netdev", netdevArg(g.cfg, g.index, g.Name),
 		"-device", "virtio-net-pci,netdev=net0,mac=" + g.MAC,
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=control,path=" + g.controlSocket() + ",server=on,wait=off",

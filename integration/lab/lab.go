@@ -75,8 +75,8 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 	if err := setupNetwork(ctx, &cfg); err != nil {
 		return nil, err
 	}
-	for _, spec := range cfg.Guests {
-		g := newGuest(&l.cfg, spec)
+	for i, spec := range cfg.Guests {
+		g := newGuest(&l.cfg, i, spec)
 		l.guests = append(l.guests, g)
 		if err := g.prepare(); err != nil {
 			return nil, err
@@ -151,8 +151,8 @@ func Attach(name, stateRoot string) (*Lab, error) {
 	}
 	cfg.StateRoot = stateRoot
 	l := &Lab{cfg: cfg}
-	for _, spec := range cfg.Guests {
-		l.guests = append(l.guests, newGuest(&l.cfg, spec))
+	for i, spec := range cfg.Guests {
+		l.guests = append(l.guests, newGuest(&l.cfg, i, spec))
 	}
 	return l, nil
 }

@@ -34,6 +34,9 @@ func setupNetwork(ctx context.Context, cfg *Config) error {
 		{"ip", "link", "set", bridgeName, "up"},
 	}
 	for _, g := range cfg.Guests {
+		if cfg.Net != NetBridge {
+			break
+		}
 		tap := tapName(g.Name)
 		cmds = append(cmds,
 			[]string{"ip", "tuntap", "add", "mode", "tap", "name", tap},
@@ -47,6 +50,31 @@ func setupNetwork(ctx context.Context, cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// Ports on the namespace's loopback for the point-to-point networks.
+const (
+	p2pPortA = 47011
+	p2pPortB = 47012
+)
+
+// netdevArg is the -netdev argument of guest number i.
+func netdevArg(cfg *Config, i int, guest string) string {
+	switch cfg.Net {
+	case NetSocket:
+		if i == 0 {
+			return fmt.Sprintf("socket,id=net0,listen=127.0.0.1:%d", p2pPortA)
+		}
+		return fmt.Sprintf("socket,id=net0,connect=127.0.0.1:%d", p2pPortA)
+	case NetDgram:
+		local, remote := p2pPortA, p2pPortB
+		if i == 1 {
+			local, remote = remote, local
+		}
+		return fmt.Sprintf("dgram,id=net0,local.type=inet,local.host=127.0.0.1,local.port=%d,"+
+			"remote.type=inet,remote.host=127.0.0.1,remote.port=%d", local, remote)
+	}
+	return "tap,id=net0,ifname=" + tapName(guest) + ",script=no,downscript=no"
 }
 
 // removeNetwork deletes the lab's namespace with its bridge and taps.
