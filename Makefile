@@ -106,7 +106,10 @@ test:
 	@echo "stage wall times:"; column -t $(OUT)/test-stages.tsv
 
 unit-test:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./integration/
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
 
 # The lab is torn down even when go test dies (a timeout panics past

@@ -20,9 +20,9 @@ type Guest struct {
 	GuestSpec
 	index int // position in the lab's configuration
 	cfg   *Config
-	dir string
-	mu  sync.Mutex
-	ctl *control.Client
+	dir   string
+	mu    sync.Mutex
+	ctl   *control.Client
 }
 
 func newGuest(cfg *Config, index int, spec GuestSpec) *Guest {
