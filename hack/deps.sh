@@ -54,13 +54,20 @@ available_versions() {
 require_kernel_version() {
 	local pkg=$1
 	if ! available_versions "$pkg" | grep -qx "$KERNEL_DEB"; then
-		local have
-		have=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null |
-			awk '{ print $1 }' | sort -V | tr '\n' ' ')
+		local names have
+		names=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null | awk '{ print $1 }')
+		# One "KERNEL_ABI=N KERNEL_DEB=V" line per kernel image the mirror
+		# has, when it also has linux-source-6.1 of that version (the headers
+		# are checked when the choice is tried).
+		have=$([ -z "$names" ] || apt-cache madison $names 2>/dev/null |
+			awk -F'|' -v src="$(available_versions linux-source-6.1 | tr '\n' ' ')" '
+				BEGIN { n = split(src, v, " "); for (i = 1; i <= n; i++) ok[v[i]] = 1 }
+				{ gsub(/ /, "", $1); gsub(/ /, "", $2); sub(/^linux-image-6\.1\.0-/, "", $1); sub(/-amd64$/, "", $1)
+				  if ($2 in ok) print "    make KERNEL_ABI=" $1 " KERNEL_DEB=" $2 }' | sort -uV)
 		die "$pkg=$KERNEL_DEB is not available from the configured mirrors.
   versions of $pkg offered: $(available_versions "$pkg" | tr '\n' ' ')
-  kernel images offered: ${have:-none}
-  Pick one with: make KERNEL_ABI=N KERNEL_DEB=VERSION ..."
+  kernel versions with image and source offered (pick one):
+${have:-    none}"
 	fi
 }
 
