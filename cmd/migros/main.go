@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Command migros is the MigrOS command line. For now it drives the
+// migration protocol of our rdma_rxe on a running process:
+//
+//	migros rxe list   --pid P [--json]    the process' RC QPs and their state
+//	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
+//	migros rxe resume --pid P [--qp H]    resume its Stopped QPs
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/migros/migros/rdma"
+)
+
+const usage = `usage: migros rxe list|stop|resume --pid PID [--qp HANDLE] [--json]
+`
+
+func main() {
+	if len(os.Args) < 3 || os.Args[1] != "rxe" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if err := rxe(os.Args[2], os.Args[3:]); err != nil {
+		fmt.Fprintf(os.Stderr, "migros rxe %s: %v\n", os.Args[2], err)
+		os.Exit(1)
+	}
+}
+
+// contextQPs is what list reports for one uverbs context.
+type contextQPs struct {
+	Path string        `json:"path"`
+	FD   int           `json:"fd"`
+	QPs  []rdma.QPInfo `json:"qps"`
+}
+
+func rxe(cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	pid := fs.Int("pid", 0, "process whose RDMA contexts to act on")
+	qp := fs.Int("qp", -1, "only the QP with this uverbs handle")
+	asJSON := fs.Bool("json", false, "print JSON (list)")
+	fs.Parse(args)
+	if *pid <= 0 {
+		return errors.New("--pid is required")
+	}
+	ctxs, err := rdma.OpenPID(*pid)
+	if err != nil {
+		return err
+	}
+	if len(ctxs) == 0 {
+		return fmt.Errorf("process %d has no uverbs device open", *pid)
+	}
+	defer func() {
+		for _, c := range ctxs {
+			c.Close()
+		}
+	}()
+	switch cmd {
+	case "list":
+		return list(ctxs, *asJSON)
+	case "stop", "resume":
+		total := 0
+		for _, c := range ctxs {
+			var n int
+			switch {
+			case *qp >= 0 && cmd == "stop":
+				n, err = 1, c.StopQP(uint32(*qp))
+			case *qp >= 0:
+				n, err = 1, c.ResumeQP(uint32(*qp))
+			case cmd == "stop":
+				n, err = c.Stop()
+			default:
+				n, err = c.Resume()
+			}
+			if err != nil {
+				return err
+			}
+			total += n
+		}
+		fmt.Printf("%s %d QPs of process %d\n", map[string]string{"stop": "stopped", "resume": "resumed"}[cmd], total, *pid)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func list(ctxs []*rdma.Context, asJSON bool) error {
+	var out []contextQPs
+	for _, c := range ctxs {
+		refs, err := c.QPs()
+		if err != nil {
+			return err
+		}
+		cq := contextQPs{Path: c.Path, FD: c.FD}
+		for _, r := range refs {
+			info, err := c.QueryQP(r.Handle)
+			if err != nil {
+				return err
+			}
+			cq.QPs = append(cq.QPs, info)
+		}
+		out = append(out, cq)
+	}
+	if asJSON {
+		return json.NewEncoder(os.Stdout).Encode(out)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTEXT\tHANDLE\tQPN\tDEST\tSTATE\tREQ_PSN\tCOMP_PSN\tRESP_PSN\tPAUSED_MS")
+	for _, cq := range out {
+		for _, q := range cq.QPs {
+			state := q.Mig.String()
+			if q.Resuming {
+				state += ",resuming"
+			}
+			fmt.Fprintf(tw, "%s(fd %d)\t%d\t%#x\t%#x\t%s\t%#x\t%#x\t%#x\t%d\n", cq.Path, cq.FD, q.Handle, q.QPN,
+				q.DestQPN, state, q.ReqPSN, q.CompPSN, q.RespPSN, q.PausedMS)
+		}
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package rdma
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Errors the control methods return, for errors.Is.
+var (
+	// ErrNotSupported: the device's driver has no MigrOS methods (Debian's
+	// stock rdma_rxe, or not an rxe device), or the QP type is not RC.
+	ErrNotSupported = errors.New("MigrOS control interface not supported")
+	// ErrPermission: the caller lacks CAP_SYS_ADMIN.
+	ErrPermission = errors.New("permission denied (CAP_SYS_ADMIN needed)")
+	// ErrNoObject: no QP has that handle in the context.
+	ErrNoObject = errors.New("no such QP in the context")
+	// ErrState: the QP is not in a state that allows the call (for
+	// example resuming a QP that is not Stopped, or stopping a Paused one).
+	ErrState = errors.New("QP is in the wrong migration state")
+)
+
+// Error is a failed control call.
+type Error struct {
+	Op    string
+	Path  string
+	Errno syscall.Errno
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("rdma %s on %s: %v", e.Op, e.Path, e.Unwrap())
+}
+
+// Unwrap maps the errno to one of the Err values when it has a meaning of
+// its own, and to the errno otherwise.
+func (e *Error) Unwrap() error {
+	switch e.Errno {
+	case unix.EPROTONOSUPPORT, unix.EOPNOTSUPP:
+		return fmt.Errorf("%w: %w", ErrNotSupported, e.Errno)
+	case unix.EPERM, unix.EACCES:
+		return fmt.Errorf("%w: %w", ErrPermission, e.Errno)
+	case unix.ENOENT:
+		return fmt.Errorf("%w: %w", ErrNoObject, e.Errno)
+	case unix.EINVAL, unix.EBUSY:
+		return fmt.Errorf("%w: %w", ErrState, e.Errno)
+	}
+	return e.Errno
+}
+
+// Context is a uverbs file of an rxe device: one of a process' RDMA
+// contexts.
+type Context struct {
+	file *os.File
+	// Path is the device file (/dev/infiniband/uverbsN).
+	Path string
+	// FD is the file's descriptor number in its process.
+	FD int
+}
+
+// Close releases the context (the process keeps its own descriptor).
+func (c *Context) Close() error { return c.file.Close() }
+
+// OpenPID returns the uverbs contexts of process pid, as descriptors of
+// this process obtained with pidfd_getfd. It needs ptrace access to pid.
+func OpenPID(pid int) ([]*Context, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: process %d: %w", pid, err)
+	}
+	var fds []int
+	paths := map[int]string{}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "/dev/infiniband/uverbs") {
+			continue
+		}
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fds = append(fds, fd)
+		paths[fd] = target
+	}
+	if len(fds) == 0 {
+		return nil, nil
+	}
+	sort.Ints(fds)
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	var ctxs []*Context
+	for _, fd := range fds {
+		nfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if err != nil {
+			for _, c := range ctxs {
+				c.Close()
+			}
+			return nil, fmt.Errorf("rdma: pidfd_getfd %d of process %d: %w", fd, pid, err)
+		}
+		ctxs = append(ctxs, &Context{file: os.NewFile(uintptr(nfd), paths[fd]), Path: paths[fd], FD: fd})
+	}
+	return ctxs, nil
+}
+
+// call runs one method. Output buffers are pinned while the kernel writes
+// them.
+func (c *Context) call(op string, method uint16, attrs []attr, outs ...[]byte) error {
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	for _, o := range outs {
+		if len(o) > 0 {
+			pin.Pin(&o[0])
+		}
+	}
+	buf := encodeCall(method, attrs)
+	pin.Pin(&buf[0])
+	raw, err := c.file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno syscall.Errno
+	err = raw.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, verbsIoctl, uintptr(unsafe.Pointer(&buf[0])))
+	})
+	if err != nil {
+		return err
+	}
+	if errno != 0 {
+		return &Error{Op: op, Path: c.Path, Errno: errno}
+	}
+	return nil
+}
+
+func outAttr(id uint16, b []byte) attr {
+	return attr{id: id, len: uint16(len(b)), data: uint64(uintptr(unsafe.Pointer(&b[0])))}
+}
+
+// stopResume stops or resumes one QP (qp != nil) or the whole context.
+func (c *Context) stopResume(op string, method uint16, qp *uint32) (int, error) {
+	count := make([]byte, 4)
+	attrs := []attr{outAttr(attrCount, count)}
+	if qp != nil {
+		attrs = append(attrs, attr{id: attrQP, data: uint64(*qp)})
+	}
+	if err := c.call(op, method, attrs, count); err != nil {
+		return 0, err
+	}
+	return int(binary.LittleEndian.Uint32(count)), nil
+}
+
+// Stop stops every RC QP of the context and returns how many.
+func (c *Context) Stop() (int, error) { return c.stopResume("stop", methodStop, nil) }
+
+// StopQP stops the QP with uverbs handle h.
+func (c *Context) StopQP(h uint32) error {
+	_, err := c.stopResume("stop", methodStop, &h)
+	return err
+}
+
+// Resume resumes every Stopped QP of the context: each sends RESUME to its
+// peer until acknowledged. It returns how many it resumed.
+func (c *Context) Resume() (int, error) { return c.stopResume("resume", methodResume, nil) }
+
+// ResumeQP resumes the Stopped QP with uverbs handle h.
+func (c *Context) ResumeQP(h uint32) error {
+	_, err := c.stopResume("resume", methodResume, &h)
+	return err
+}
+
+// QPs lists the RC QPs of the context.
+func (c *Context) QPs() ([]QPRef, error) {
+	for capacity := 64; ; capacity *= 4 {
+		list := make([]byte, capacity*qpRefSize)
+		count := make([]byte, 4)
+		if err := c.call("list", methodListQPs, []attr{outAttr(attrQPList, list), outAttr(attrCount, count)}, list, count); err != nil {
+			return nil, err
+		}
+		n := int(binary.LittleEndian.Uint32(count))
+		if n <= capacity {
+			return decodeQPRefs(list, n), nil
+		}
+	}
+}
+
+// QueryQP reports the migration state and PSNs of the QP with handle h.
+func (c *Context) QueryQP(h uint32) (QPInfo, error) {
+	out := make([]byte, qpInfoSize)
+	if err := c.call("query", methodQueryQP, []attr{{id: attrQP, data: uint64(h)}, outAttr(attrQPInfo, out)}, out); err != nil {
+		return QPInfo{}, err
+	}
+	info := decodeQPInfo(out)
+	info.Handle = h
+	return info, nil
+}
