@@ -16,6 +16,7 @@ import (
 
 	"github.com/migros/migros/integration/lab"
 	"github.com/migros/migros/integration/lab/control"
+	"github.com/migros/migros/integration/perftest"
 	"github.com/migros/migros/rdma"
 )
 
@@ -110,12 +111,22 @@ func TestStopPauseResume(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			stopPauseResume(t, tt.argv, tt.clientOn, tt.peerSends, tt.check)
+			// perftest may void a run under emulation (clock calibration);
+			// such a run is repeated, any other failure is final.
+			for try := 1; try <= 3; try++ {
+				if !stopPauseResume(t, tt.argv, tt.clientOn, tt.peerSends, tt.check) {
+					return
+				}
+				t.Logf("perftest could not calibrate its clock; running the scenario again")
+			}
+			t.Fatal("perftest could not calibrate its clock three times")
 		})
 	}
 }
 
-func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends bool, check func(*testing.T, string)) {
+// stopPauseResume runs one scenario; it returns true, asserting nothing
+// further, if perftest voided the run (see perftest.CalibrationFailed).
+func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends bool, check func(*testing.T, string)) (again bool) {
 	ctx := testContext(t, 10*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
 	beforeSrc, beforePeer := counters(ctx, t, src), counters(ctx, t, peer)
@@ -141,6 +152,9 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 	// Let traffic flow first.
 	time.Sleep(5 * time.Second)
 	if st := stateOf(client, server); st != "" {
+		if perftest.CalibrationFailed(cout.String() + sout.String()) {
+			return true
+		}
 		t.Fatalf("transfer ended before the stop (%s): client:\n%s\nserver:\n%s", st, cout.String(), sout.String())
 	}
 	name := argv[0]
@@ -198,11 +212,15 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 		}
 		client.Kill()
 	}
-	if err := client.Wait(); err != nil {
-		t.Fatalf("client after resume: %v\n%s", err, cout.String())
+	cerr, serr := client.Wait(), server.Wait()
+	if (cerr != nil || serr != nil) && perftest.CalibrationFailed(cout.String()+sout.String()) {
+		return true
 	}
-	if err := server.Wait(); err != nil {
-		t.Fatalf("server after resume: %v\n%s", err, sout.String())
+	if cerr != nil {
+		t.Fatalf("client after resume: %v\n%s", cerr, cout.String())
+	}
+	if serr != nil {
+		t.Fatalf("server after resume: %v\n%s", serr, sout.String())
 	}
 	check(t, cout.String())
 
@@ -235,6 +253,7 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 	}
 	t.Logf("peer paused %d ms; counters src %v peer %v", delta(afterPeer, beforePeer, "mig_paused_ms"),
 		fmt.Sprint(afterSrc), fmt.Sprint(afterPeer))
+	return false
 }
 
 // stateOf says which of the processes has ended, if any.

@@ -123,3 +123,12 @@ func ParsePingpong(out string) (Pingpong, error) {
 	}
 	return p, nil
 }
+
+// CalibrationFailed reports whether perftest refused to report because it
+// could not calibrate its cycle counter ("Correlation coefficient r^2: ...
+// < 0.9", "Can't produce a report"). It happens under emulation, where the
+// guest's TSC is unstable; the measurement is void, not failed, and can be
+// run again.
+func CalibrationFailed(out string) bool {
+	return strings.Contains(out, "Correlation coefficient r^2") && strings.Contains(out, "Can't produce a report")
+}

@@ -61,3 +61,14 @@ func TestParseErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestCalibrationFailed(t *testing.T) {
+	if !CalibrationFailed("Correlation coefficient r^2: 0.747835 < 0.9\nCan't produce a report\n") {
+		t.Error("missed perftest's calibration refusal")
+	}
+	for _, out := range []string{bwOut, "Couldn't connect to 192.168.77.13:18515\n", "Can't produce a report\n"} {
+		if CalibrationFailed(out) {
+			t.Errorf("took %q for a calibration refusal", out)
+		}
+	}
+}
