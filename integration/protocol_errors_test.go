@@ -154,3 +154,59 @@ func TestInteropWithStockRXE(t *testing.T) {
 		}
 	})
 }
+
+// With the watchdog set, a pause that outlasts it fails the peer's work with
+// RETRY_EXC_ERR instead of waiting forever.
+func TestPauseWatchdog(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const param = "/sys/module/rdma_rxe/parameters/migros_pause_timeout_ms"
+	if err := peer.Run(ctx, "sh", "-c", "echo 5000 > "+param); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = peer.Run(context.Background(), "sh", "-c", "echo 0 > "+param) })
+	before := counters(ctx, t, peer)
+
+	argv := []string{"ib_write_bw", "-n", "5000", "-s", "65536"}
+	var sout, cout bytes.Buffer
+	server, err := src.Start(ctx, &control.Cmd{Argv: argv, Stdout: &sout, Stderr: &sout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Kill()
+	if err := src.WaitListening(ctx, lab.RDMAPort, server); err != nil {
+		t.Fatal(err)
+	}
+	client, err := peer.Start(ctx, &control.Cmd{Argv: append(argv, src.Addr()), Stdout: &cout, Stderr: &cout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Kill()
+	time.Sleep(4 * time.Second)
+	pid := pidOf(ctx, t, src, "ib_write_bw")
+	if err := src.Run(ctx, "migros", "rxe", "stop", "--pid", pid); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Run(context.Background(), "migros", "rxe", "resume", "--pid", pid) })
+	stopped := time.Now()
+	select {
+	case <-client.Done():
+	case <-time.After(90 * time.Second):
+		t.Fatalf("peer still waiting %v after the stop with a 5 s watchdog:\n%s", time.Since(stopped), cout.String())
+	}
+	if err := client.Wait(); err == nil {
+		t.Fatalf("peer's transfer succeeded although its peer stayed stopped:\n%s", cout.String())
+	}
+	if d := time.Since(stopped); d < 4*time.Second {
+		t.Fatalf("peer failed %v after the stop, before the 5 s watchdog", d)
+	}
+	if got := delta(counters(ctx, t, peer), before, "mig_pause_timeout"); got < 1 {
+		t.Fatalf("mig_pause_timeout rose by %d", got)
+	}
+	t.Logf("peer failed %.1fs after the stop: %s", time.Since(stopped).Seconds(), lastLine(cout.String()))
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
