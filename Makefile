@@ -31,7 +31,7 @@ E2E_TIMEOUT ?= 40m
 E2E_RUN ?= .
 
 .PHONY: all deps tools kernel kernel-check binaries lab-assets lab lab-down demo \
-	test unit-test e2e-test bench-lab clean
+	test unit-test e2e-test bench bench-lab clean distclean
 
 all: binaries kernel
 
@@ -126,6 +126,14 @@ bench-lab: lab-assets
 		./integration/ -assets $(LABOUT)/assets.json || rc=$$?; \
 	for l in e2e bbridge bsocket bdgram; do $(BIN)/migros-lab down --name $$l; done; exit $$rc
 	@if [ -s $(OUT)/test-stages.tsv ]; then echo "last make test, stage wall times:"; column -t $(OUT)/test-stages.tsv; fi
+
+# Benchmarks that compare implementations side by side in one lab run; the
+# latest tables are committed under docs/.
+bench: lab-assets
+	rc=0; $(GO) test -tags e2e -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkRXEStockVsPatched' -benchtime 1x \
+		./integration/ -assets $(LABOUT)/assets.json -lab bench || rc=$$?; \
+	$(BIN)/migros-lab down --name bench; \
+	if [ $$rc = 0 ]; then cp $(OUT)/bench-rxe.md docs/bench-rxe.md; fi; exit $$rc
 
 clean: lab-down
 	rm -rf $(OUT)

@@ -342,3 +342,23 @@ func (g *Guest) CopyOut(ctx context.Context, src, dst string) error {
 func (g *Guest) ImportImage(ctx context.Context, archive string) error {
 	return g.Run(ctx, "ctr", "images", "import", archive)
 }
+
+// LoadRXE replaces the guest's rdma_rxe with ours or Debian's stock module
+// and recreates rxe0 on eth0. Nothing may be using the device.
+func (g *Guest) LoadRXE(ctx context.Context, which RXE) error {
+	load := "insmod " + g.cfg.Assets.RXE
+	if which == RXEStock {
+		load = "modprobe rdma_rxe"
+	}
+	script := "rdma link delete rxe0 2>/dev/null; " +
+		"if [ -d /sys/module/rdma_rxe ]; then rmmod rdma_rxe || exit 1; fi; " +
+		load + " && rdma link add rxe0 type rxe netdev eth0"
+	if err := g.Run(ctx, "sh", "-c", script); err != nil {
+		return err
+	}
+	_, err := g.Output(ctx, "cat", "/sys/module/rdma_rxe/parameters/migros_version")
+	if ours := err == nil; ours != (which == RXEMigrOS) {
+		return fmt.Errorf("guest %s: loading %q left the wrong rdma_rxe (ours: %v)", g.Name, which, ours)
+	}
+	return nil
+}
