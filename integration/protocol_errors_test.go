@@ -5,45 +5,34 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/migros/migros/integration/lab"
-	"github.com/migros/migros/integration/lab/control"
 	"github.com/migros/migros/rdma"
 )
 
 // startPingpong runs a long ibv_rc_pingpong between client and server and
-// returns both processes once they exchange messages.
-func startPingpong(ctx context.Context, t *testing.T, server, client *lab.Guest, iters string) (*control.Process, *control.Process, *bytes.Buffer) {
+// returns once they exchange messages.
+func startPingpong(ctx context.Context, t *testing.T, server, client *lab.Guest, iters string) *lab.Pair {
 	t.Helper()
 	argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters}
-	var sout, cout bytes.Buffer
-	sp, err := server.Start(ctx, &control.Cmd{Argv: argv, Stdout: &sout, Stderr: &sout})
+	p, err := lab.StartPair(ctx, server, argv, client, append(argv, server.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(sp.Kill)
-	if err := server.WaitListening(ctx, lab.RDMAPort, sp); err != nil {
-		t.Fatal(err)
-	}
-	cp, err := client.Start(ctx, &control.Cmd{Argv: append(argv, server.Addr()), Stdout: &cout, Stderr: &cout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Kill)
+	t.Cleanup(p.Kill)
 	time.Sleep(3 * time.Second)
-	return sp, cp, &cout
+	return p
 }
 
 // Bad control calls return clear errors and change nothing.
 func TestControlErrors(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
-	_, client, cout := startPingpong(ctx, t, peer, src, "2500")
+	pp := startPingpong(ctx, t, peer, src, "2500")
 	pid := pidOf(ctx, t, src, "ibv_rc_pingpong")
 	before := listQPs(ctx, t, src, pid)
 
@@ -76,10 +65,10 @@ func TestControlErrors(t *testing.T) {
 			}
 		})
 	}
-	if err := client.Wait(); err != nil {
-		t.Fatalf("traffic disturbed by the bad calls: %v\n%s", err, cout.String())
+	if err := pp.Client.Wait(); err != nil {
+		t.Fatalf("traffic disturbed by the bad calls: %v\n%s", err, pp.ClientOut)
 	}
-	checkPingpong(2500)(t, cout.String())
+	checkPingpong(2500)(t, pp.ClientOut.String())
 }
 
 func itoa(v uint32) string {
@@ -146,7 +135,7 @@ func TestInteropWithStockRXE(t *testing.T) {
 	}
 
 	t.Run("control on the stock module", func(t *testing.T) {
-		_, _, _ = startPingpong(ctx, t, ours, stock, "2000")
+		startPingpong(ctx, t, ours, stock, "2000")
 		pid := pidOf(ctx, t, stock, "ibv_rc_pingpong")
 		_, err := stock.Output(ctx, "migros", "rxe", "stop", "--pid", pid)
 		if err == nil || !strings.Contains(err.Error(), rdma.ErrNotSupported.Error()) {
@@ -168,20 +157,12 @@ func TestPauseWatchdog(t *testing.T) {
 	before := counters(ctx, t, peer)
 
 	argv := []string{"ib_write_bw", "-n", "5000", "-s", "65536"}
-	var sout, cout bytes.Buffer
-	server, err := src.Start(ctx, &control.Cmd{Argv: argv, Stdout: &sout, Stderr: &sout})
+	pair, err := lab.StartPair(ctx, src, argv, peer, append(argv, src.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer server.Kill()
-	if err := src.WaitListening(ctx, lab.RDMAPort, server); err != nil {
-		t.Fatal(err)
-	}
-	client, err := peer.Start(ctx, &control.Cmd{Argv: append(argv, src.Addr()), Stdout: &cout, Stderr: &cout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Kill()
+	defer pair.Kill()
+	client, cout := pair.Client, pair.ClientOut
 	time.Sleep(4 * time.Second)
 	pid := pidOf(ctx, t, src, "ib_write_bw")
 	if err := src.Run(ctx, "migros", "rxe", "stop", "--pid", pid); err != nil {

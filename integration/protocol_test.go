@@ -5,7 +5,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -135,20 +134,12 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 		serverG, clientG = src, peer
 	}
 
-	var sout, cout bytes.Buffer
-	server, err := serverG.Start(ctx, &control.Cmd{Argv: argv, Stdout: &sout, Stderr: &sout})
+	pair, err := lab.StartPair(ctx, serverG, argv, clientG, append(argv, serverG.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer server.Kill()
-	if err := serverG.WaitListening(ctx, lab.RDMAPort, server); err != nil {
-		t.Fatal(err)
-	}
-	client, err := clientG.Start(ctx, &control.Cmd{Argv: append(argv, serverG.Addr()), Stdout: &cout, Stderr: &cout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Kill()
+	defer pair.Kill()
+	client, server, cout, sout := pair.Client, pair.Server, pair.ClientOut, pair.ServerOut
 	// Let traffic flow first.
 	time.Sleep(5 * time.Second)
 	if st := stateOf(client, server); st != "" {

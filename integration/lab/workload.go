@@ -124,36 +124,62 @@ func RunPair(ctx context.Context, server *Guest, serverArgv []string, client *Gu
 	}
 }
 
-func runPair(ctx context.Context, server *Guest, serverArgv []string, client *Guest, clientArgv []string) (PairResult, error) {
-	var res PairResult
-	var sout, serr bytes.Buffer
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sp, err := server.Start(sctx, &control.Cmd{Argv: serverArgv, Stdout: &sout, Stderr: &serr})
+// Pair is a client/server program pair started by StartPair.
+type Pair struct {
+	Server, Client       *control.Process
+	ServerOut, ClientOut *bytes.Buffer // read them once the process ended
+}
+
+// StartPair starts serverArgv on server and, once it listens on RDMAPort,
+// clientArgv on client; both run until they end or ctx ends.
+func StartPair(ctx context.Context, server *Guest, serverArgv []string, client *Guest, clientArgv []string) (*Pair, error) {
+	p := &Pair{ServerOut: &bytes.Buffer{}, ClientOut: &bytes.Buffer{}}
+	sp, err := server.Start(ctx, &control.Cmd{Argv: serverArgv, Stdout: p.ServerOut, Stderr: p.ServerOut})
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	if err := server.WaitListening(ctx, RDMAPort, sp); err != nil {
+		sp.Kill()
+		return nil, fmt.Errorf("%w\nserver output:\n%s", err, p.ServerOut)
+	}
+	cp, err := client.Start(ctx, &control.Cmd{Argv: clientArgv, Stdout: p.ClientOut, Stderr: p.ClientOut})
+	if err != nil {
+		sp.Kill()
+		return nil, err
+	}
+	p.Server, p.Client = sp, cp
+	return p, nil
+}
+
+// Kill ends both programs.
+func (p *Pair) Kill() {
+	p.Client.Kill()
+	p.Server.Kill()
+}
+
+func runPair(ctx context.Context, server *Guest, serverArgv []string, client *Guest, clientArgv []string) (PairResult, error) {
+	var res PairResult
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p, err := StartPair(sctx, server, serverArgv, client, clientArgv)
+	if err != nil {
 		return res, err
 	}
-	var cout bytes.Buffer
-	cerr := client.Exec(ctx, &control.Cmd{Argv: clientArgv, Stdout: &cout, Stderr: &cout})
-	res.Client = cout.String()
-	if cerr != nil {
-		cancel()
-		sp.Wait()
-		res.Server = sout.String() + serr.String()
+	cerr := p.Client.Wait()
+	if cerr == nil {
+		select {
+		case <-p.Server.Done():
+		case <-time.After(60 * time.Second):
+		}
+	}
+	cancel()
+	serr := p.Server.Wait()
+	res.Client, res.Server = p.ClientOut.String(), p.ServerOut.String()
+	switch {
+	case cerr != nil:
 		return res, fmt.Errorf("client: %w\nclient output:\n%s\nserver output:\n%s", cerr, res.Client, res.Server)
-	}
-	select {
-	case <-sp.Done():
-	case <-time.After(60 * time.Second):
-		cancel()
-	}
-	err = sp.Wait()
-	res.Server = sout.String() + serr.String()
-	if err != nil {
-		return res, fmt.Errorf("server: %w\nserver output:\n%s", err, res.Server)
+	case serr != nil:
+		return res, fmt.Errorf("server: %w\nserver output:\n%s", serr, res.Server)
 	}
 	return res, nil
 }
