@@ -37,6 +37,8 @@ commands:
   demo    [--assets F]               boot a lab, run RDMA containers, tear down
   image   -o FILE                    build the RDMA test image (OCI archive)
   agent   [--port NAME]              (in a guest) serve the control channel
+  forge   --to IP --qpn N --src-qpn N [--psn P] [--token T] [--type resume|resume-ack] [--bad-icrc]
+                                     (in a guest) send one crafted MigrOS packet
 `
 
 func main() {
@@ -48,7 +50,7 @@ func main() {
 	defer stop()
 	cmds := map[string]func(context.Context, []string) error{
 		"up": up, "down": down, "status": status, "exec": execCmd, "shell": shell,
-		"demo": demo, "image": image, "agent": agent,
+		"demo": demo, "image": image, "agent": agent, "forge": forge,
 	}
 	fn, ok := cmds[os.Args[1]]
 	if !ok {
