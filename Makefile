@@ -68,6 +68,12 @@ binaries: | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
+# Our own RDMA test programs (C against the host's libibverbs; the guests
+# share the host's root, so they run there as built).
+$(BIN)/rdmacheck: integration/rdmacheck/rdmacheck.c | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(BIN)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< -libverbs
+
 $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	hack/lab/mkinitrd.sh $(KIMAGE) $(KREL) $@
 
@@ -76,7 +82,7 @@ $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps
 $(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status | binaries
 	$(BIN)/migros-lab image -o $@
 
-lab-assets: tools kernel binaries $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
+lab-assets: tools kernel binaries $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
 	@printf '{\n  "kernel": "%s",\n  "initrd": "%s",\n  "modules": "%s",\n  "rxe": "%s",\n  "bin": "%s",\n  "guest_init": "%s",\n  "image": "%s",\n  "migros_version": "%s"\n}\n' \
 		$(KIMAGE)/boot/vmlinuz-$(KREL) $(LABOUT)/initrd.img $(KIMAGE) $(OUT)/kernel/rdma_rxe.ko \
 		$(BIN) $(TOP)/hack/lab/guest-init $(LABOUT)/rdma-test.oci.tar "$$(cat $(OUT)/kernel/migros_version)" \

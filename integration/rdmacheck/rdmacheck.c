@@ -1,0 +1,483 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * rdmacheck: an RC stream whose every message is checked.
+ *
+ * The client sends N messages over one RC QP, the server receives them and
+ * checks each one's sequence number, length, checksum and contents, so a
+ * message lost, duplicated, reordered or corrupted by a migration is caught.
+ * The two sides swap QP numbers, PSNs and GIDs over TCP.
+ *
+ * With -R the server's QP stays in RTR (it only receives), so the MigrOS
+ * protocol can be exercised with a QP that never reaches RTS.
+ *
+ * usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs]
+ *                  [-s size] [-q depth] [-w usec] [-R] [server]
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <infiniband/verbs.h>
+
+struct msg_hdr {
+	uint64_t seq;
+	uint32_t len;	/* payload bytes after the header */
+	uint32_t pad;
+	uint64_t sum;	/* FNV-1a of the payload */
+};
+
+struct opts {
+	const char *server;
+	const char *port;
+	const char *dev;
+	int ib_port;
+	int gidx;
+	long msgs;
+	size_t size;
+	int depth;
+	long wait_us;
+	int rtr_only;
+};
+
+struct conn {
+	struct ibv_context *ctx;
+	struct ibv_pd *pd;
+	struct ibv_cq *cq;
+	struct ibv_mr *mr;
+	struct ibv_qp *qp;
+	char *buf;
+	int sock;
+};
+
+struct dest {
+	uint32_t qpn;
+	uint32_t psn;
+	union ibv_gid gid;
+};
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fputs("rdmacheck: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	while (n--) {
+		h ^= *p++;
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* The payload of message seq: a xorshift stream seeded by seq. */
+static void fill(unsigned char *p, size_t n, uint64_t seq)
+{
+	uint64_t x = seq * 0x9e3779b97f4a7c15ULL + 1;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = x;
+	}
+}
+
+static int tcp_connect(const struct opts *o)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *r;
+	int fd = -1, err, tries;
+
+	err = getaddrinfo(o->server, o->port, &hints, &res);
+	if (err)
+		die("%s: %s", o->server, gai_strerror(err));
+	/* The server may not be listening yet. */
+	for (tries = 0; tries < 100 && fd < 0; tries++) {
+		for (r = res; r; r = r->ai_next) {
+			fd = socket(r->ai_family, r->ai_socktype, 0);
+			if (fd >= 0 && !connect(fd, r->ai_addr, r->ai_addrlen))
+				break;
+			if (fd >= 0)
+				close(fd);
+			fd = -1;
+		}
+		if (fd < 0)
+			usleep(100000);
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		die("cannot connect to %s:%s", o->server, o->port);
+	return fd;
+}
+
+static int tcp_accept(const struct opts *o)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE,
+				  .ai_family = AF_INET };
+	struct addrinfo *res;
+	int lfd, fd, one = 1, err;
+
+	err = getaddrinfo(NULL, o->port, &hints, &res);
+	if (err)
+		die("port %s: %s", o->port, gai_strerror(err));
+	lfd = socket(res->ai_family, res->ai_socktype, 0);
+	if (lfd < 0)
+		die("socket: %s", strerror(errno));
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(lfd, res->ai_addr, res->ai_addrlen) || listen(lfd, 1))
+		die("listen on port %s: %s", o->port, strerror(errno));
+	freeaddrinfo(res);
+	fd = accept(lfd, NULL, NULL);
+	if (fd < 0)
+		die("accept: %s", strerror(errno));
+	close(lfd);
+	return fd;
+}
+
+static void send_line(int fd, const char *fmt, ...)
+{
+	char line[128];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (write(fd, line, n) != n)
+		die("tcp write: %s", strerror(errno));
+}
+
+static void recv_line(int fd, char *line, size_t len)
+{
+	size_t n = 0;
+
+	while (n + 1 < len) {
+		ssize_t r = read(fd, line + n, 1);
+
+		if (r <= 0)
+			die("the other side closed the connection");
+		if (line[n] == '\n')
+			break;
+		n++;
+	}
+	line[n] = 0;
+}
+
+static void exchange(struct conn *c, const struct dest *me, struct dest *them)
+{
+	char line[128], gid[33];
+	int i;
+
+	for (i = 0; i < 16; i++)
+		sprintf(gid + 2 * i, "%02x", me->gid.raw[i]);
+	send_line(c->sock, "%06x %06x %s\n", me->qpn, me->psn, gid);
+	recv_line(c->sock, line, sizeof(line));
+	if (sscanf(line, "%x %x %32s", &them->qpn, &them->psn, gid) != 3 ||
+	    strlen(gid) != 32)
+		die("bad peer address line %s", line);
+	for (i = 0; i < 16; i++)
+		sscanf(gid + 2 * i, "%2hhx", &them->gid.raw[i]);
+}
+
+static struct ibv_context *open_dev(const char *name)
+{
+	struct ibv_device **list = ibv_get_device_list(NULL);
+	struct ibv_context *ctx = NULL;
+	int i;
+
+	if (!list || !list[0])
+		die("no RDMA device");
+	for (i = 0; list[i]; i++)
+		if (!name || !strcmp(ibv_get_device_name(list[i]), name))
+			break;
+	if (!list[i])
+		die("no RDMA device %s", name);
+	ctx = ibv_open_device(list[i]);
+	if (!ctx)
+		die("open %s: %s", ibv_get_device_name(list[i]), strerror(errno));
+	ibv_free_device_list(list);
+	return ctx;
+}
+
+static void setup(struct conn *c, const struct opts *o)
+{
+	struct ibv_qp_init_attr ia = {
+		.qp_type = IBV_QPT_RC,
+		.cap = { .max_send_wr = o->depth, .max_recv_wr = o->depth,
+			 .max_send_sge = 1, .max_recv_sge = 1 },
+	};
+	struct ibv_qp_attr a = {
+		.qp_state = IBV_QPS_INIT,
+		.port_num = o->ib_port,
+		.qp_access_flags = IBV_ACCESS_LOCAL_WRITE,
+	};
+	size_t len = (size_t)o->depth * o->size;
+
+	c->ctx = open_dev(o->dev);
+	c->pd = ibv_alloc_pd(c->ctx);
+	c->cq = ibv_create_cq(c->ctx, 2 * o->depth, NULL, NULL, 0);
+	c->buf = calloc(1, len);
+	if (!c->pd || !c->cq || !c->buf)
+		die("PD/CQ/buffer: %s", strerror(errno));
+	c->mr = ibv_reg_mr(c->pd, c->buf, len, IBV_ACCESS_LOCAL_WRITE);
+	if (!c->mr)
+		die("register %zu bytes: %s", len, strerror(errno));
+	ia.send_cq = ia.recv_cq = c->cq;
+	c->qp = ibv_create_qp(c->pd, &ia);
+	if (!c->qp)
+		die("create QP: %s", strerror(errno));
+	if (ibv_modify_qp(c->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX |
+			  IBV_QP_PORT | IBV_QP_ACCESS_FLAGS))
+		die("QP to INIT: %s", strerror(errno));
+}
+
+static void connect_qp(struct conn *c, const struct opts *o,
+		       const struct dest *them, uint32_t my_psn, int to_rts)
+{
+	struct ibv_port_attr pa;
+	struct ibv_qp_attr a = {
+		.qp_state = IBV_QPS_RTR,
+		.dest_qp_num = them->qpn,
+		.rq_psn = them->psn,
+		.max_dest_rd_atomic = 1,
+		.min_rnr_timer = 12,
+		.ah_attr = {
+			.is_global = 1,
+			.grh = { .dgid = them->gid, .sgid_index = o->gidx,
+				 .hop_limit = 1 },
+			.port_num = o->ib_port,
+		},
+	};
+
+	if (ibv_query_port(c->ctx, o->ib_port, &pa))
+		die("query port: %s", strerror(errno));
+	a.path_mtu = pa.active_mtu;
+	if (ibv_modify_qp(c->qp, &a, IBV_QP_STATE | IBV_QP_AV |
+			  IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+			  IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER))
+		die("QP to RTR: %s", strerror(errno));
+	if (!to_rts)
+		return;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTS;
+	a.timeout = 14;
+	a.retry_cnt = 7;
+	a.rnr_retry = 7;	/* infinite: the receiver may lag */
+	a.sq_psn = my_psn;
+	a.max_rd_atomic = 1;
+	if (ibv_modify_qp(c->qp, &a, IBV_QP_STATE | IBV_QP_TIMEOUT |
+			  IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
+			  IBV_QP_MAX_QP_RD_ATOMIC))
+		die("QP to RTS: %s", strerror(errno));
+}
+
+static void post_recv(struct conn *c, const struct opts *o, int slot)
+{
+	struct ibv_sge sge = {
+		.addr = (uintptr_t)c->buf + (size_t)slot * o->size,
+		.length = o->size,
+		.lkey = c->mr->lkey,
+	};
+	struct ibv_recv_wr wr = { .wr_id = slot, .sg_list = &sge,
+				  .num_sge = 1 }, *bad;
+
+	if (ibv_post_recv(c->qp, &wr, &bad))
+		die("post receive: %s", strerror(errno));
+}
+
+static void post_send(struct conn *c, const struct opts *o, int slot,
+		      uint64_t seq)
+{
+	unsigned char *p = (unsigned char *)c->buf + (size_t)slot * o->size;
+	struct msg_hdr *h = (struct msg_hdr *)p;
+	size_t n = o->size - sizeof(*h);
+	struct ibv_sge sge = { .addr = (uintptr_t)p, .length = o->size,
+			       .lkey = c->mr->lkey };
+	struct ibv_send_wr wr = {
+		.wr_id = slot, .sg_list = &sge, .num_sge = 1,
+		.opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED,
+	}, *bad;
+
+	fill(p + sizeof(*h), n, seq);
+	h->seq = seq;
+	h->len = n;
+	h->pad = 0;
+	h->sum = fnv1a(p + sizeof(*h), n);
+	if (ibv_post_send(c->qp, &wr, &bad))
+		die("post send %" PRIu64 ": %s", seq, strerror(errno));
+}
+
+/* The other side closing TCP early means it failed: stop waiting. */
+static void check_alive(int sock)
+{
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	char b;
+
+	if (poll(&p, 1, 0) == 1 && recv(sock, &b, 1, MSG_PEEK) <= 0)
+		die("the other side went away");
+}
+
+static void check_msg(const struct opts *o, const unsigned char *p,
+		      uint32_t byte_len, uint64_t want, unsigned char *ref)
+{
+	const struct msg_hdr *h = (const struct msg_hdr *)p;
+	size_t n = o->size - sizeof(*h);
+
+	if (byte_len != o->size)
+		die("message %" PRIu64 ": %u bytes, want %zu", want, byte_len,
+		    o->size);
+	if (h->seq != want)
+		die("message %" PRIu64 " arrived where %" PRIu64 " was due (%s)",
+		    h->seq, want, h->seq < want ? "duplicate" : "lost");
+	if (h->len != n || h->sum != fnv1a(p + sizeof(*h), n))
+		die("message %" PRIu64 ": checksum mismatch", want);
+	fill(ref, n, want);
+	if (memcmp(ref, p + sizeof(*h), n))
+		die("message %" PRIu64 ": contents corrupted", want);
+}
+
+static void run_server(struct conn *c, const struct opts *o)
+{
+	struct dest me = { .qpn = c->qp->qp_num }, them;
+	unsigned char *ref = malloc(o->size);
+	struct ibv_wc wc[16];
+	uint64_t got = 0;
+	long polls = 0;
+	int i, n;
+
+	if (!ref)
+		die("out of memory");
+	/* A QP kept in RTR never sets its send PSN: it stays 0. */
+	me.psn = o->rtr_only ? 0 : lrand48() & 0xffffff;
+	if (ibv_query_gid(c->ctx, o->ib_port, o->gidx, &me.gid))
+		die("query GID %d: %s", o->gidx, strerror(errno));
+	for (i = 0; i < o->depth; i++)
+		post_recv(c, o, i);
+	c->sock = tcp_accept(o);
+	exchange(c, &me, &them);
+	connect_qp(c, o, &them, me.psn, !o->rtr_only);
+	send_line(c->sock, "ready\n");
+
+	while (got < (uint64_t)o->msgs) {
+		n = ibv_poll_cq(c->cq, 16, wc);
+		if (n < 0)
+			die("poll CQ failed");
+		if (!n && ++polls % 100000 == 0)
+			check_alive(c->sock);
+		for (i = 0; i < n; i++) {
+			if (wc[i].status != IBV_WC_SUCCESS)
+				die("receive %" PRIu64 ": %s", got,
+				    ibv_wc_status_str(wc[i].status));
+			check_msg(o, (unsigned char *)c->buf +
+				  wc[i].wr_id * o->size, wc[i].byte_len,
+				  got++, ref);
+			post_recv(c, o, wc[i].wr_id);
+		}
+	}
+	send_line(c->sock, "done %" PRIu64 "\n", got);
+	printf("received %" PRIu64 " messages of %zu bytes, all in order and intact\n",
+	       got, o->size);
+	free(ref);
+}
+
+static void run_client(struct conn *c, const struct opts *o)
+{
+	struct dest me = { .qpn = c->qp->qp_num }, them;
+	struct ibv_wc wc[16];
+	uint64_t posted = 0, done = 0, acked;
+	char line[128];
+	int i, n, slot;
+
+	me.psn = lrand48() & 0xffffff;
+	if (ibv_query_gid(c->ctx, o->ib_port, o->gidx, &me.gid))
+		die("query GID %d: %s", o->gidx, strerror(errno));
+	c->sock = tcp_connect(o);
+	exchange(c, &me, &them);
+	connect_qp(c, o, &them, me.psn, 1);
+	recv_line(c->sock, line, sizeof(line));
+	if (strcmp(line, "ready"))
+		die("server said %s", line);
+
+	while (done < (uint64_t)o->msgs) {
+		/* Slots are reused in order: one is free when its send is. */
+		if (posted < (uint64_t)o->msgs && posted - done < (uint64_t)o->depth) {
+			slot = posted % o->depth;
+			post_send(c, o, slot, posted++);
+			if (o->wait_us)
+				usleep(o->wait_us);
+		}
+		n = ibv_poll_cq(c->cq, 16, wc);
+		if (n < 0)
+			die("poll CQ failed");
+		for (i = 0; i < n; i++) {
+			if (wc[i].status != IBV_WC_SUCCESS)
+				die("send %" PRIu64 ": %s", done,
+				    ibv_wc_status_str(wc[i].status));
+			done++;
+		}
+	}
+	recv_line(c->sock, line, sizeof(line));
+	if (sscanf(line, "done %" SCNu64, &acked) != 1 || acked != done)
+		die("server reported \"%s\" after %" PRIu64 " sends", line, done);
+	printf("sent %" PRIu64 " messages of %zu bytes, server checked %" PRIu64 "\n",
+	       done, o->size, acked);
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = { .port = "18515", .ib_port = 1, .gidx = 1,
+			  .msgs = 1000, .size = 4096, .depth = 64 };
+	struct conn c = { .sock = -1 };
+	int ch;
+
+	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:R")) != -1) {
+		switch (ch) {
+		case 'p': o.port = optarg; break;
+		case 'd': o.dev = optarg; break;
+		case 'i': o.ib_port = atoi(optarg); break;
+		case 'g': o.gidx = atoi(optarg); break;
+		case 'n': o.msgs = atol(optarg); break;
+		case 's': o.size = strtoul(optarg, NULL, 0); break;
+		case 'q': o.depth = atoi(optarg); break;
+		case 'w': o.wait_us = atol(optarg); break;
+		case 'R': o.rtr_only = 1; break;
+		default:
+			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [server]\n");
+			return 2;
+		}
+	}
+	if (optind < argc)
+		o.server = argv[optind];
+	if (o.size < sizeof(struct msg_hdr) || o.depth < 1 || o.msgs < 1)
+		die("size must be at least %zu bytes, depth and messages at least 1",
+		    sizeof(struct msg_hdr));
+	srand48(getpid() ^ time(NULL));
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	setup(&c, &o);
+	if (o.server)
+		run_client(&c, &o);
+	else
+		run_server(&c, &o);
+	return 0;
+}
