@@ -165,10 +165,7 @@ func TestPauseWatchdog(t *testing.T) {
 	client, cout := pair.Client, pair.ClientOut
 	time.Sleep(4 * time.Second)
 	pid := pidOf(ctx, t, src, "ib_write_bw")
-	if err := src.Run(ctx, "migros", "rxe", "stop", "--pid", pid); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = src.Run(context.Background(), "migros", "rxe", "resume", "--pid", pid) })
+	stopQPs(ctx, t, src, pid)
 	stopped := time.Now()
 	select {
 	case <-client.Done():

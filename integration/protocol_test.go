@@ -59,6 +59,71 @@ func listQPs(ctx context.Context, t *testing.T, g *lab.Guest, pid string) []rdma
 	return qps
 }
 
+// stopQPs stops every QP of process pid in g from a separate process
+// (`migros rxe stop`) and returns the matching resume. If the test ends
+// without resuming, a cleanup resumes, so nothing is left stopped.
+func stopQPs(ctx context.Context, t *testing.T, g *lab.Guest, pid string) (resume func(context.Context) error) {
+	t.Helper()
+	out, err := g.Output(ctx, "migros", "rxe", "stop", "--pid", pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(strings.TrimSpace(out))
+	done := false
+	resume = func(ctx context.Context) error {
+		if done {
+			return nil
+		}
+		done = true
+		out, err := g.Output(ctx, "migros", "rxe", "resume", "--pid", pid)
+		if err == nil {
+			t.Log(strings.TrimSpace(out))
+		}
+		return err
+	}
+	t.Cleanup(func() { _ = resume(context.Background()) })
+	return resume
+}
+
+// rdmacheckMsgs messages of 4 KiB, one every 5 ms: about 15 s of traffic
+// without a stop.
+const rdmacheckMsgs = "3000"
+
+// startRDMACheck starts an rdmacheck stream from client to server (which
+// gets serverFlags too) and returns once messages flow.
+func startRDMACheck(ctx context.Context, t *testing.T, server, client *lab.Guest, serverFlags ...string) *lab.Pair {
+	t.Helper()
+	args := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	pair, err := lab.StartPair(ctx, server, append(args, serverFlags...), client, append(args, "-w", "5000", server.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pair.Kill)
+	time.Sleep(3 * time.Second)
+	if st := stateOf(pair.Client, pair.Server); st != "" {
+		t.Fatalf("transfer ended before the stop (%s):\nclient:\n%s\nserver:\n%s", st, pair.ClientOut, pair.ServerOut)
+	}
+	return pair
+}
+
+// finishRDMACheck waits for an rdmacheck pair to end after a resume: both
+// sides must succeed and the server must have checked every message.
+func finishRDMACheck(t *testing.T, pair *lab.Pair) {
+	t.Helper()
+	select {
+	case <-pair.Client.Done():
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("transfer did not finish 2 minutes after the resume:\nclient:\n%s\nserver:\n%s", pair.ClientOut, pair.ServerOut)
+	}
+	if cerr, serr := pair.Client.Wait(), pair.Server.Wait(); cerr != nil || serr != nil {
+		t.Fatalf("client %v, server %v\nclient:\n%s\nserver:\n%s", cerr, serr, pair.ClientOut, pair.ServerOut)
+	}
+	if out := pair.ServerOut.String(); !strings.Contains(out, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("server did not check every message:\n%s", out)
+	}
+	t.Logf("%s%s", pair.ServerOut, pair.ClientOut)
+}
+
 // counters reads the mig_* counters of rxe0.
 func counters(ctx context.Context, t *testing.T, g *lab.Guest) map[string]int64 {
 	t.Helper()
@@ -151,12 +216,8 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 	name := argv[0]
 	srcPID, peerPID := pidOf(ctx, t, src, name), pidOf(ctx, t, peer, name)
 
-	out, err := src.Output(ctx, "migros", "rxe", "stop", "--pid", srcPID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resume := stopQPs(ctx, t, src, srcPID)
 	stopped := time.Now()
-	t.Log(strings.TrimSpace(out))
 	for _, q := range listQPs(ctx, t, src, srcPID) {
 		if q.Mig != rdma.MigStopped {
 			t.Errorf("src QP %#x is %s after stop", q.QPN, q.Mig)
@@ -188,10 +249,8 @@ func stopPauseResume(t *testing.T, argv []string, clientOn string, peerSends boo
 		}
 	}
 
-	if out, err := src.Output(ctx, "migros", "rxe", "resume", "--pid", srcPID); err != nil {
+	if err := resume(ctx); err != nil {
 		t.Fatal(err)
-	} else {
-		t.Log(strings.TrimSpace(out))
 	}
 	select {
 	case <-client.Done():
