@@ -137,7 +137,7 @@ bench-lab: lab-assets
 # latest tables are committed under docs/.
 bench: lab-assets
 	rc=0; $(GO) test -tags e2e -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkRXEStockVsPatched' -benchtime 1x \
-		./integration/ -assets $(LABOUT)/assets.json -lab bench || rc=$$?; \
+		./integration/ -assets $(LABOUT)/assets.json -lab bench -guests src,peer || rc=$$?; \
 	$(BIN)/migros-lab down --name bench; \
 	if [ $$rc = 0 ]; then cp $(OUT)/bench-rxe.md docs/bench-rxe.md; fi; exit $$rc
 

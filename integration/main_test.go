@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 var (
 	assetsFlag = flag.String("assets", "", "lab assets.json (make lab-assets)")
 	labName    = flag.String("lab", "e2e", "name of the lab these tests boot")
+	guestNames = flag.String("guests", "src,dst,peer", "guests of that lab")
 )
 
 // The lab all tests share, booted once by TestMain.
@@ -48,9 +50,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	theAssets = a
+	guests, err := lab.GuestsNamed(strings.Split(*guestNames, ",")...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 2
+	}
 	ctx := context.Background()
 	start := time.Now()
-	l, err := lab.Up(ctx, lab.Config{Name: *labName, Assets: a, Guests: lab.DefaultGuests(), Log: os.Stderr})
+	l, err := lab.Up(ctx, lab.Config{Name: *labName, Assets: a, Guests: guests, Log: os.Stderr})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: lab did not come up:", err)
 		return 1

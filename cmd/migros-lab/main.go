@@ -98,17 +98,9 @@ func (f *labFlags) config() (lab.Config, error) {
 	if err != nil {
 		return lab.Config{}, err
 	}
-	var guests []lab.GuestSpec
-	for _, name := range strings.Split(f.guests, ",") {
-		found := false
-		for _, g := range lab.DefaultGuests() {
-			if g.Name == name {
-				guests, found = append(guests, g), true
-			}
-		}
-		if !found {
-			return lab.Config{}, fmt.Errorf("unknown guest %q (have src, dst, peer)", name)
-		}
+	guests, err := lab.GuestsNamed(strings.Split(f.guests, ",")...)
+	if err != nil {
+		return lab.Config{}, err
 	}
 	return lab.Config{Name: f.name, Assets: a, Guests: guests, StateRoot: f.stateRoot, Log: os.Stderr}, nil
 }

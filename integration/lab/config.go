@@ -99,6 +99,23 @@ func DefaultGuests() []GuestSpec {
 	}
 }
 
+// GuestsNamed returns the default guests called names, in that order.
+func GuestsNamed(names ...string) ([]GuestSpec, error) {
+	var guests []GuestSpec
+	for _, name := range names {
+		found := false
+		for _, g := range DefaultGuests() {
+			if g.Name == name {
+				guests, found = append(guests, g), true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown guest %q (have src, dst, peer)", name)
+		}
+	}
+	return guests, nil
+}
+
 // Net selects how guests are linked.
 type Net string
 
