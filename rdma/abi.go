@@ -9,6 +9,8 @@ package rdma
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 // uverbs ioctl ABI (include/uapi/rdma/rdma_user_ioctl_cmds.h).
@@ -23,6 +25,20 @@ const (
 	nsDriver = 1 << 12 // UVERBS_ID_NS_SHIFT
 )
 
+// Core uverbs objects, methods and attributes (ib_user_ioctl_cmds.h) used
+// to issue the classic verbs commands through the ioctl interface, as
+// rdma-core does (UVERBS_METHOD_INVOKE_WRITE).
+const (
+	objDevice         = 0 // UVERBS_OBJECT_DEVICE
+	methodInvokeWrite = 0 // UVERBS_METHOD_INVOKE_WRITE
+
+	attrCoreIn   = 0 // UVERBS_ATTR_CORE_IN
+	attrCoreOut  = 1 // UVERBS_ATTR_CORE_OUT
+	attrWriteCmd = 2 // UVERBS_ATTR_WRITE_CMD
+
+	cmdGetContext = 0 // IB_USER_VERBS_CMD_GET_CONTEXT
+)
+
 // rxe_mig_abi.h
 const (
 	objMig = nsDriver
@@ -31,14 +47,20 @@ const (
 	methodResume  = nsDriver + 1
 	methodQueryQP = nsDriver + 2
 	methodListQPs = nsDriver + 3
+	methodSetHint = nsDriver + 4
+	methodCheck   = nsDriver + 5
 
 	attrQP     = nsDriver + 0
 	attrCount  = nsDriver + 1
 	attrQPInfo = nsDriver + 2
 	attrQPList = nsDriver + 3
+	attrID     = nsDriver + 4
+	attrIDs    = nsDriver + 5
+	attrStatus = nsDriver + 6
 
 	qpInfoSize = 48
 	qpRefSize  = 8
+	idSize     = 16
 )
 
 // attr is one ib_uverbs_attr.
@@ -49,11 +71,11 @@ type attr struct {
 }
 
 // encodeCall lays out an ib_uverbs_ioctl_hdr and its attributes.
-func encodeCall(method uint16, attrs []attr) []byte {
+func encodeCall(object, method uint16, attrs []attr) []byte {
 	b := make([]byte, hdrSize+attrSize*len(attrs))
 	le := binary.LittleEndian
 	le.PutUint16(b[0:], uint16(len(b)))
-	le.PutUint16(b[2:], objMig)
+	le.PutUint16(b[2:], object)
 	le.PutUint16(b[4:], method)
 	le.PutUint16(b[6:], uint16(len(attrs)))
 	le.PutUint32(b[16:], driverRXE)
@@ -147,4 +169,95 @@ func decodeQPRefs(b []byte, n int) []QPRef {
 		}
 	}
 	return refs
+}
+
+// IDType is the kind of object an ID names (enum rxe_mig_id_type).
+type IDType uint32
+
+const (
+	IDQP  IDType = 1 // Index is the QPN
+	IDMR  IDType = 2 // Index is lkey >> 8, Key lkey & 0xff
+	IDMW  IDType = 3 // Index is rkey >> 8, Key rkey & 0xff
+	IDSRQ IDType = 4 // Index is srq_num
+	IDAH  IDType = 5 // Index is ah_num
+)
+
+func (t IDType) String() string {
+	switch t {
+	case IDQP:
+		return "QPN"
+	case IDMR:
+		return "MR"
+	case IDMW:
+		return "MW"
+	case IDSRQ:
+		return "SRQ"
+	case IDAH:
+		return "AH"
+	}
+	return fmt.Sprintf("IDType(%d)", uint32(t))
+}
+
+// ID is an object number that peers or the process know, which a restore
+// must reproduce (struct rxe_mig_id).
+type ID struct {
+	Type   IDType
+	Index  uint32
+	Key    uint8 // MR and MW: the key byte, if HasKey
+	HasKey bool
+}
+
+func (id ID) String() string {
+	if id.HasKey {
+		return fmt.Sprintf("%s %#x (key %#02x)", id.Type, id.Index<<8|uint32(id.Key), id.Key)
+	}
+	return fmt.Sprintf("%s %#x", id.Type, id.Index)
+}
+
+const idHasKey = 1 // RXE_MIG_ID_HAS_KEY
+
+func (id ID) append(b []byte) []byte {
+	le := binary.LittleEndian
+	b = le.AppendUint32(b, uint32(id.Type))
+	b = le.AppendUint32(b, id.Index)
+	b = le.AppendUint32(b, uint32(id.Key))
+	var flags uint32
+	if id.HasKey {
+		flags = idHasKey
+	}
+	return le.AppendUint32(b, flags)
+}
+
+func encodeIDs(ids []ID) []byte {
+	b := make([]byte, 0, len(ids)*idSize)
+	for _, id := range ids {
+		b = id.append(b)
+	}
+	return b
+}
+
+// ParseID reads an ID written as TYPE:NUMBER, as operators see them: qp:QPN,
+// mr:LKEY, mw:RKEY, srq:SRQ_NUM, ah:AH_NUM (decimal or 0x-prefixed hex).
+func ParseID(s string) (ID, error) {
+	typ, num, ok := strings.Cut(s, ":")
+	if !ok {
+		return ID{}, fmt.Errorf("rdma: ID %q: want TYPE:NUMBER (qp, mr, mw, srq, ah)", s)
+	}
+	v, err := strconv.ParseUint(num, 0, 32)
+	if err != nil {
+		return ID{}, fmt.Errorf("rdma: ID %q: %w", s, err)
+	}
+	switch strings.ToLower(typ) {
+	case "qp":
+		return ID{Type: IDQP, Index: uint32(v)}, nil
+	case "mr":
+		return ID{Type: IDMR, Index: uint32(v) >> 8, Key: uint8(v), HasKey: true}, nil
+	case "mw":
+		return ID{Type: IDMW, Index: uint32(v) >> 8, Key: uint8(v), HasKey: true}, nil
+	case "srq":
+		return ID{Type: IDSRQ, Index: uint32(v)}, nil
+	case "ah":
+		return ID{Type: IDAH, Index: uint32(v)}, nil
+	}
+	return ID{}, fmt.Errorf("rdma: ID %q: unknown type %q (qp, mr, mw, srq, ah)", s, typ)
 }

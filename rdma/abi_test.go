@@ -5,13 +5,14 @@ package rdma
 import (
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
 
 func TestEncodeCall(t *testing.T) {
-	b := encodeCall(methodQueryQP, []attr{{id: attrQP, data: 7}, {id: attrQPInfo, len: 48, data: 0x1122334455667788}})
+	b := encodeCall(objMig, methodQueryQP, []attr{{id: attrQP, data: 7}, {id: attrQPInfo, len: 48, data: 0x1122334455667788}})
 	le := binary.LittleEndian
 	want := []struct {
 		name string
@@ -97,5 +98,84 @@ func TestMigStateText(t *testing.T) {
 	var s MigState
 	if err := s.UnmarshalText([]byte("frozen")); err == nil {
 		t.Error("accepted an unknown state")
+	}
+}
+
+func TestEncodeIDs(t *testing.T) {
+	b := encodeIDs([]ID{{Type: IDQP, Index: 0x1234}, {Type: IDMR, Index: 7, Key: 0x5a, HasKey: true}})
+	le := binary.LittleEndian
+	want := []uint32{1, 0x1234, 0, 0, 2, 7, 0x5a, 1}
+	if len(b) != len(want)*4 {
+		t.Fatalf("%d bytes", len(b))
+	}
+	for i, w := range want {
+		if got := le.Uint32(b[4*i:]); got != w {
+			t.Errorf("word %d: %#x, want %#x", i, got, w)
+		}
+	}
+}
+
+func TestDecodeIDStatus(t *testing.T) {
+	ids := []ID{{Type: IDQP, Index: 17}, {Type: IDMR, Index: 2, Key: 0xfa, HasKey: true}, {Type: IDAH, Index: 1 << 30}, {Type: 9, Index: 1}}
+	status := make([]byte, 16)
+	le := binary.LittleEndian
+	le.PutUint32(status[4:], uint32(unix.EBUSY))
+	le.PutUint32(status[8:], uint32(unix.ERANGE))
+	le.PutUint32(status[12:], uint32(unix.EINVAL))
+	errs := decodeIDStatus(ids, status)
+	tests := []struct {
+		err  error
+		is   error
+		text string
+	}{
+		{errs[0], nil, ""},
+		{errs[1], ErrIDTaken, "MR 0x2fa (key 0xfa): ID already taken"},
+		{errs[2], ErrIDRange, "AH 0x40000000: ID out of"},
+		{errs[3], unix.EINVAL, "IDType(9) 0x1"},
+	}
+	for i, tt := range tests {
+		if tt.is == nil {
+			if tt.err != nil {
+				t.Errorf("%d: %v, want nil", i, tt.err)
+			}
+			continue
+		}
+		if !errors.Is(tt.err, tt.is) || !strings.Contains(tt.err.Error(), tt.text) {
+			t.Errorf("%d: %v, want %v saying %q", i, tt.err, tt.is, tt.text)
+		}
+	}
+}
+
+func TestParseID(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ID
+		err  string
+	}{
+		{"qp:17", ID{Type: IDQP, Index: 17}, ""},
+		{"QP:0x11", ID{Type: IDQP, Index: 17}, ""},
+		{"mr:0x2fa", ID{Type: IDMR, Index: 2, Key: 0xfa, HasKey: true}, ""},
+		{"mw:0x80001ab", ID{Type: IDMW, Index: 0x80001, Key: 0xab, HasKey: true}, ""},
+		{"srq:0x20001", ID{Type: IDSRQ, Index: 0x20001}, ""},
+		{"ah:3", ID{Type: IDAH, Index: 3}, ""},
+		{"17", ID{}, "want TYPE:NUMBER"},
+		{"cq:1", ID{}, "unknown type"},
+		{"qp:x", ID{}, "invalid syntax"},
+		{"qp:0x100000000", ID{}, "out of range"},
+	}
+	for _, tt := range tests {
+		got, err := ParseID(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: %v, want error saying %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%q: %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+		if got.String() == "" {
+			t.Errorf("%q: empty String", tt.in)
+		}
 	}
 }

@@ -30,6 +30,10 @@ var (
 	// ErrState: the QP is not in a state that allows the call (for
 	// example resuming a QP that is not Stopped, or stopping a Paused one).
 	ErrState = errors.New("QP is in the wrong migration state")
+	// ErrIDTaken: another object on the device already has the ID.
+	ErrIDTaken = errors.New("ID already taken on this device")
+	// ErrIDRange: the device never gives out that ID.
+	ErrIDRange = errors.New("ID out of the device's range")
 )
 
 // Error is a failed control call.
@@ -117,17 +121,22 @@ func OpenPID(pid int) ([]*Context, error) {
 	return ctxs, nil
 }
 
-// call runs one method. Output buffers are pinned while the kernel writes
-// them.
-func (c *Context) call(op string, method uint16, attrs []attr, outs ...[]byte) error {
+// call runs one method. The buffers that attributes point to are pinned
+// while the kernel reads or writes them.
+func (c *Context) call(op string, method uint16, attrs []attr, bufs ...[]byte) error {
+	return c.ioctl(op, objMig, method, attrs, bufs...)
+}
+
+// ioctl runs one method of any object.
+func (c *Context) ioctl(op string, object, method uint16, attrs []attr, bufs ...[]byte) error {
 	var pin runtime.Pinner
 	defer pin.Unpin()
-	for _, o := range outs {
+	for _, o := range bufs {
 		if len(o) > 0 {
 			pin.Pin(&o[0])
 		}
 	}
-	buf := encodeCall(method, attrs)
+	buf := encodeCall(object, method, attrs)
 	pin.Pin(&buf[0])
 	raw, err := c.file.SyscallConn()
 	if err != nil {
@@ -146,8 +155,51 @@ func (c *Context) call(op string, method uint16, attrs []attr, outs ...[]byte) e
 	return nil
 }
 
+// outAttr points attribute id at b.
 func outAttr(id uint16, b []byte) attr {
 	return attr{id: id, len: uint16(len(b)), data: uint64(uintptr(unsafe.Pointer(&b[0])))}
+}
+
+// inAttr passes b as input attribute id: inline if it fits in 8 bytes, as
+// the kernel expects, else by pointer.
+func inAttr(id uint16, b []byte) attr {
+	if len(b) > 8 {
+		return outAttr(id, b)
+	}
+	var v [8]byte
+	copy(v[:], b)
+	return attr{id: id, len: uint16(len(b)), data: binary.LittleEndian.Uint64(v[:])}
+}
+
+// invokeWrite runs a classic verbs command (ib_user_verbs.h) through the
+// ioctl interface: in is the command without its header, out the response.
+func (c *Context) invokeWrite(op string, cmd uint32, in, out []byte) error {
+	attrs := []attr{
+		{id: attrWriteCmd, len: 8, data: uint64(cmd)},
+		inAttr(attrCoreIn, in),
+		outAttr(attrCoreOut, out),
+	}
+	return c.ioctl(op, objDevice, methodInvokeWrite, attrs, in, out)
+}
+
+// OpenDevice opens an rxe device file (/dev/infiniband/uverbsN) with a
+// context of this process' own, for calls about the device rather than a
+// process, such as CheckIDs.
+func OpenDevice(path string) (*Context, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %w", err)
+	}
+	c := &Context{file: f, Path: path, FD: -1}
+	// struct ib_uverbs_get_context: the response pointer, unused here;
+	// struct ib_uverbs_get_context_resp: async_fd, num_comp_vectors.
+	in, out := make([]byte, 8), make([]byte, 8)
+	if err := c.invokeWrite("get context", cmdGetContext, in, out); err != nil {
+		f.Close()
+		return nil, err
+	}
+	unix.Close(int(binary.LittleEndian.Uint32(out)))
+	return c, nil
 }
 
 // stopResume stops or resumes one QP (qp != nil) or the whole context.
@@ -206,4 +258,42 @@ func (c *Context) QueryQP(h uint32) (QPInfo, error) {
 	info := decodeQPInfo(out)
 	info.Handle = h
 	return info, nil
+}
+
+// SetHint makes the context's next create of an object of id.Type take
+// exactly id (and, for an MR or MW with HasKey, its key byte). The create
+// then fails with EBUSY if another object has that ID.
+func (c *Context) SetHint(id ID) error {
+	b := id.append(nil)
+	return c.call("set ID hint", methodSetHint, []attr{inAttr(attrID, b)}, b)
+}
+
+// CheckIDs reports for each of ids whether it is free on the context's
+// device: nil, or an error wrapping ErrIDTaken or ErrIDRange.
+func (c *Context) CheckIDs(ids []ID) ([]error, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	in := encodeIDs(ids)
+	status := make([]byte, 4*len(ids))
+	if err := c.call("check IDs", methodCheck, []attr{inAttr(attrIDs, in), outAttr(attrStatus, status)}, in, status); err != nil {
+		return nil, err
+	}
+	return decodeIDStatus(ids, status), nil
+}
+
+func decodeIDStatus(ids []ID, status []byte) []error {
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		switch e := syscall.Errno(binary.LittleEndian.Uint32(status[4*i:])); e {
+		case 0:
+		case unix.EBUSY:
+			errs[i] = fmt.Errorf("%v: %w", id, ErrIDTaken)
+		case unix.ERANGE:
+			errs[i] = fmt.Errorf("%v: %w", id, ErrIDRange)
+		default:
+			errs[i] = fmt.Errorf("%v: %w", id, e)
+		}
+	}
+	return errs
 }

@@ -6,6 +6,7 @@
 //	migros rxe list   --pid P [--json]    the process' RC QPs and their state
 //	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
 //	migros rxe resume --pid P [--qp H]    resume its Stopped QPs
+//	migros rxe check-ids [--device D] ID...  are these IDs free on this host?
 package main
 
 import (
@@ -14,12 +15,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/migros/migros/rdma"
 )
 
 const usage = `usage: migros rxe list|stop|resume --pid PID [--qp HANDLE] [--json]
+       migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
+                 ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
 `
 
 func main() {
@@ -40,7 +44,58 @@ type contextQPs struct {
 	QPs  []rdma.QPInfo `json:"qps"`
 }
 
+// errNotFree makes check-ids exit 1 after reporting.
+var errNotFree = errors.New("some IDs are not free")
+
+// checkIDs reports whether IDs are free on an rxe device, as a restore or
+// a migration pre-flight needs them to be.
+func checkIDs(args []string) error {
+	fs := flag.NewFlagSet("check-ids", flag.ExitOnError)
+	device := fs.String("device", "", "uverbs device file (default: the only one)")
+	fs.Parse(args)
+	if fs.NArg() == 0 {
+		return errors.New("no ID given (qp:QPN, mr:LKEY, mw:RKEY, srq:NUM, ah:NUM)")
+	}
+	ids := make([]rdma.ID, fs.NArg())
+	for i, a := range fs.Args() {
+		id, err := rdma.ParseID(a)
+		if err != nil {
+			return err
+		}
+		ids[i] = id
+	}
+	if *device == "" {
+		devs, _ := filepath.Glob("/dev/infiniband/uverbs*")
+		if len(devs) != 1 {
+			return fmt.Errorf("%d uverbs devices here (%v): choose one with --device", len(devs), devs)
+		}
+		*device = devs[0]
+	}
+	c, err := rdma.OpenDevice(*device)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	errs, err := c.CheckIDs(ids)
+	if err != nil {
+		return err
+	}
+	var res error
+	for i, id := range ids {
+		if errs[i] != nil {
+			fmt.Println(errs[i])
+			res = errNotFree
+		} else {
+			fmt.Printf("%v: free\n", id)
+		}
+	}
+	return res
+}
+
 func rxe(cmd string, args []string) error {
+	if cmd == "check-ids" {
+		return checkIDs(args)
+	}
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	pid := fs.Int("pid", 0, "process whose RDMA contexts to act on")
 	qp := fs.Int("qp", -1, "only the QP with this uverbs handle")
