@@ -6,6 +6,7 @@
 //	migros rxe list   --pid P [--json]    the process' RC QPs and their state
 //	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
 //	migros rxe resume --pid P [--qp H]    resume its Stopped QPs
+//	migros rxe dump   --pid P             every RDMA object of the process (JSON)
 //	migros rxe check-ids [--device D] ID...  are these IDs free on this host?
 package main
 
@@ -21,7 +22,7 @@ import (
 	"github.com/migros/migros/rdma"
 )
 
-const usage = `usage: migros rxe list|stop|resume --pid PID [--qp HANDLE] [--json]
+const usage = `usage: migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
 `
@@ -119,6 +120,18 @@ func rxe(cmd string, args []string) error {
 	switch cmd {
 	case "list":
 		return list(ctxs, *asJSON)
+	case "dump":
+		var out []*rdma.ContextDump
+		for _, c := range ctxs {
+			d, err := c.Dump()
+			if err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
 	case "stop", "resume":
 		total := 0
 		for _, c := range ctxs {

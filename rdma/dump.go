@@ -1,0 +1,426 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package rdma
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// Object types of the uverbs core (enum uverbs_default_objects), as the
+// core's INFO_HANDLES method and the dump methods name them.
+type ObjectType uint16
+
+const (
+	ObjPD          ObjectType = 1
+	ObjCompChannel ObjectType = 2
+	ObjCQ          ObjectType = 3
+	ObjQP          ObjectType = 4
+	ObjSRQ         ObjectType = 5
+	ObjAH          ObjectType = 6
+	ObjMR          ObjectType = 7
+	ObjMW          ObjectType = 8
+)
+
+func (t ObjectType) String() string {
+	switch t {
+	case ObjPD:
+		return "PD"
+	case ObjCompChannel:
+		return "comp channel"
+	case ObjCQ:
+		return "CQ"
+	case ObjQP:
+		return "QP"
+	case ObjSRQ:
+		return "SRQ"
+	case ObjAH:
+		return "AH"
+	case ObjMR:
+		return "MR"
+	case ObjMW:
+		return "MW"
+	}
+	return fmt.Sprintf("ObjectType(%d)", uint16(t))
+}
+
+// NoHandle is what a dump gives for an object it does not refer to.
+const NoHandle = 0xffffffff
+
+// Core method and attributes of INFO_HANDLES (ib_user_ioctl_cmds.h).
+const (
+	methodInfoHandles = 1
+	attrInfoObjectID  = 0
+	attrInfoTotal     = 1
+	attrInfoList      = 2
+)
+
+// MigrOS dump object, methods and attributes (rxe_mig_abi.h).
+const (
+	objMigDump = nsDriver + 1
+
+	methodDumpQP  = nsDriver + 0
+	methodDumpCQ  = nsDriver + 1
+	methodDumpSRQ = nsDriver + 2
+	methodDumpMR  = nsDriver + 3
+	methodDumpMW  = nsDriver + 4
+	methodDumpAH  = nsDriver + 5
+
+	attrCQ      = nsDriver + 7
+	attrSRQ     = nsDriver + 8
+	attrMR      = nsDriver + 9
+	attrMW      = nsDriver + 10
+	attrAH      = nsDriver + 11
+	attrDump    = nsDriver + 12
+	attrRespRes = nsDriver + 13
+)
+
+// Queue is a queue shared with the process (struct rxe_mig_queue): its
+// buffer is mapped at Offset of the uverbs file.
+type Queue struct {
+	Offset       uint64 `json:"offset"`
+	BufSize      uint64 `json:"buf_size"`
+	Log2ElemSize uint32 `json:"log2_elem_size"`
+	IndexMask    uint32 `json:"index_mask"`
+	Index        uint32 `json:"index"` // the kernel's private index
+	_            uint32
+}
+
+// AV is where a QP or AH sends (struct rxe_mig_av).
+type AV struct {
+	DGID         [16]byte `json:"dgid"`
+	FlowLabel    uint32   `json:"flow_label"`
+	SGIDIndex    uint8    `json:"sgid_index"`
+	HopLimit     uint8    `json:"hop_limit"`
+	TrafficClass uint8    `json:"traffic_class"`
+	PortNum      uint8    `json:"port_num"`
+	NetworkType  uint8    `json:"network_type"`
+	DMAC         [6]byte  `json:"dmac"`
+	_            uint8
+}
+
+// QPDump is struct rxe_mig_qp_dump.
+type QPDump struct {
+	UserHandle    uint64 `json:"user_handle"`
+	QPN           uint32 `json:"qpn"`
+	PDHandle      uint32 `json:"pd_handle"`
+	SendCQHandle  uint32 `json:"send_cq_handle"`
+	RecvCQHandle  uint32 `json:"recv_cq_handle"`
+	SRQHandle     uint32 `json:"srq_handle"`
+	QPType        uint32 `json:"qp_type"`
+	SQSigAll      uint32 `json:"sq_sig_all"`
+	MaxSendWR     uint32 `json:"max_send_wr"`
+	MaxRecvWR     uint32 `json:"max_recv_wr"`
+	MaxSendSGE    uint32 `json:"max_send_sge"`
+	MaxRecvSGE    uint32 `json:"max_recv_sge"`
+	MaxInlineData uint32 `json:"max_inline_data"`
+
+	QPState         uint32 `json:"qp_state"`
+	PathMTU         uint32 `json:"path_mtu"`
+	QKey            uint32 `json:"qkey"`
+	RQPSN           uint32 `json:"rq_psn"`
+	SQPSN           uint32 `json:"sq_psn"`
+	DestQPN         uint32 `json:"dest_qp_num"`
+	AccessFlags     uint32 `json:"qp_access_flags"`
+	PKeyIndex       uint16 `json:"pkey_index"`
+	PortNum         uint8  `json:"port_num"`
+	MaxRDAtomic     uint8  `json:"max_rd_atomic"`
+	MaxDestRDAtomic uint8  `json:"max_dest_rd_atomic"`
+	MinRNRTimer     uint8  `json:"min_rnr_timer"`
+	Timeout         uint8  `json:"timeout"`
+	RetryCnt        uint8  `json:"retry_cnt"`
+	RNRRetry        uint8  `json:"rnr_retry"`
+	_               [3]uint8
+	AV              AV       `json:"av"`
+	ReqPSN          uint32   `json:"req_psn"`
+	ReqOpcode       uint32   `json:"req_opcode"`
+	ReqWQEIndex     uint32   `json:"req_wqe_index"`
+	CompPSN         uint32   `json:"comp_psn"`
+	CompOpcode      uint32   `json:"comp_opcode"`
+	CompRetryCnt    uint32   `json:"comp_retry_cnt"`
+	CompRNRRetry    uint32   `json:"comp_rnr_retry"`
+	RespPSN         uint32   `json:"resp_psn"`
+	RespMSN         uint32   `json:"resp_msn"`
+	RespAckPSN      uint32   `json:"resp_ack_psn"`
+	RespOpcode      uint32   `json:"resp_opcode"`
+	RespResHead     uint32   `json:"resp_res_head"`
+	RespResTail     uint32   `json:"resp_res_tail"`
+	SSN             uint32   `json:"ssn"`
+	Mig             MigState `json:"mig_state"`
+	_               uint32
+	MigToken        uint64 `json:"mig_token"`
+	SQ              Queue  `json:"sq"`
+	RQ              Queue  `json:"rq"`
+}
+
+// RespRes is a responder resource (struct rxe_mig_resp_res): how a
+// repeated READ or ATOMIC request is answered.
+type RespRes struct {
+	Type     uint32 `json:"type"`
+	Replay   uint32 `json:"replay"`
+	FirstPSN uint32 `json:"first_psn"`
+	LastPSN  uint32 `json:"last_psn"`
+	CurPSN   uint32 `json:"cur_psn"`
+	State    uint32 `json:"state"`
+	OrigVal  uint64 `json:"orig_val"`
+	VAOrg    uint64 `json:"va_org"`
+	VA       uint64 `json:"va"`
+	RKey     uint32 `json:"rkey"`
+	Length   uint32 `json:"length"`
+	Resid    uint32 `json:"resid"`
+	_        uint32
+}
+
+// CQDump is struct rxe_mig_cq_dump.
+type CQDump struct {
+	UserHandle uint64 `json:"user_handle"`
+	CQE        uint32 `json:"cqe"`
+	Notify     uint32 `json:"notify"`
+	Queue      Queue  `json:"queue"`
+}
+
+// SRQDump is struct rxe_mig_srq_dump.
+type SRQDump struct {
+	UserHandle uint64 `json:"user_handle"`
+	SRQNum     uint32 `json:"srq_num"`
+	PDHandle   uint32 `json:"pd_handle"`
+	MaxWR      uint32 `json:"max_wr"`
+	MaxSGE     uint32 `json:"max_sge"`
+	Limit      uint32 `json:"limit"`
+	_          uint32
+	Queue      Queue `json:"queue"`
+}
+
+// MRDump is struct rxe_mig_mr_dump.
+type MRDump struct {
+	Start    uint64 `json:"start"`
+	Length   uint64 `json:"length"`
+	IOVA     uint64 `json:"iova"`
+	LKey     uint32 `json:"lkey"`
+	RKey     uint32 `json:"rkey"`
+	Access   uint32 `json:"access"`
+	PDHandle uint32 `json:"pd_handle"`
+}
+
+// MWDump is struct rxe_mig_mw_dump.
+type MWDump struct {
+	Addr     uint64 `json:"addr"`
+	Length   uint64 `json:"length"`
+	RKey     uint32 `json:"rkey"`
+	Type     uint32 `json:"type"`
+	State    uint32 `json:"state"`
+	Access   uint32 `json:"access"`
+	PDHandle uint32 `json:"pd_handle"`
+	MRLKey   uint32 `json:"mr_lkey"`
+	QPN      uint32 `json:"qpn"`
+	_        uint32
+}
+
+// AHDump is struct rxe_mig_ah_dump.
+type AHDump struct {
+	UserHandle uint64 `json:"user_handle"`
+	AHNum      uint32 `json:"ah_num"`
+	PDHandle   uint32 `json:"pd_handle"`
+	AV         AV     `json:"av"`
+}
+
+// decode fills v, a struct of fixed-size fields laid out as the kernel's,
+// from b, which must be exactly its size.
+func decode(b []byte, v any) error {
+	if n := binary.Size(v); n != len(b) {
+		return fmt.Errorf("rdma: %T is %d bytes, kernel gave %d", v, n, len(b))
+	}
+	return binary.Read(bytes.NewReader(b), binary.LittleEndian, v)
+}
+
+// Handles lists the uverbs handles of the context's objects of type t.
+func (c *Context) Handles(t ObjectType) ([]uint32, error) {
+	for capacity := 256; ; capacity *= 4 {
+		list := make([]byte, 4*capacity)
+		total := make([]byte, 4)
+		attrs := []attr{
+			{id: attrInfoObjectID, len: 8, data: uint64(t)},
+			outAttr(attrInfoTotal, total),
+			outAttr(attrInfoList, list),
+		}
+		if err := c.ioctl("list "+t.String()+" handles", objDevice, methodInfoHandles, attrs, total, list); err != nil {
+			return nil, err
+		}
+		n := int(binary.LittleEndian.Uint32(total))
+		if n < capacity {
+			h := make([]uint32, n)
+			for i := range h {
+				h[i] = binary.LittleEndian.Uint32(list[4*i:])
+			}
+			return h, nil
+		}
+	}
+}
+
+// dump runs a dump method on the object with handle h into v.
+func (c *Context) dump(t ObjectType, method, handleAttr uint16, h uint32, v any) error {
+	out := make([]byte, binary.Size(v))
+	op := fmt.Sprintf("dump %s %d", t, h)
+	if err := c.ioctl(op, objMigDump, method, []attr{{id: handleAttr, data: uint64(h)}, outAttr(attrDump, out)}, out); err != nil {
+		return err
+	}
+	return decode(out, v)
+}
+
+// maxRespRes bounds a QP's responder resources: max_dest_rd_atomic is a u8.
+const maxRespRes = 255
+
+// DumpQP reports the QP with handle h and its responder resources.
+func (c *Context) DumpQP(h uint32) (QPDump, []RespRes, error) {
+	var d QPDump
+	dump := make([]byte, binary.Size(d))
+	raw := make([]byte, maxRespRes*binary.Size(RespRes{}))
+	attrs := []attr{{id: attrQP, data: uint64(h)}, outAttr(attrDump, dump), outAttr(attrRespRes, raw)}
+	if err := c.ioctl(fmt.Sprintf("dump QP %d", h), objMigDump, methodDumpQP, attrs, dump, raw); err != nil {
+		return d, nil, err
+	}
+	if err := decode(dump, &d); err != nil {
+		return d, nil, err
+	}
+	res := make([]RespRes, d.MaxDestRDAtomic)
+	if err := decode(raw[:binary.Size(res)], res); err != nil {
+		return d, nil, err
+	}
+	return d, res, nil
+}
+
+// DumpCQ reports the CQ with handle h.
+func (c *Context) DumpCQ(h uint32) (CQDump, error) {
+	var d CQDump
+	return d, c.dump(ObjCQ, methodDumpCQ, attrCQ, h, &d)
+}
+
+// DumpSRQ reports the SRQ with handle h.
+func (c *Context) DumpSRQ(h uint32) (SRQDump, error) {
+	var d SRQDump
+	return d, c.dump(ObjSRQ, methodDumpSRQ, attrSRQ, h, &d)
+}
+
+// DumpMR reports the MR with handle h.
+func (c *Context) DumpMR(h uint32) (MRDump, error) {
+	var d MRDump
+	return d, c.dump(ObjMR, methodDumpMR, attrMR, h, &d)
+}
+
+// DumpMW reports the MW with handle h.
+func (c *Context) DumpMW(h uint32) (MWDump, error) {
+	var d MWDump
+	return d, c.dump(ObjMW, methodDumpMW, attrMW, h, &d)
+}
+
+// DumpAH reports the AH with handle h.
+func (c *Context) DumpAH(h uint32) (AHDump, error) {
+	var d AHDump
+	return d, c.dump(ObjAH, methodDumpAH, attrAH, h, &d)
+}
+
+// Dumped objects, each with its uverbs handle.
+type (
+	QPObject struct {
+		Handle  uint32    `json:"handle"`
+		QPDump            // embedded: the kernel's record
+		RespRes []RespRes `json:"resp_res,omitempty"`
+	}
+	CQObject struct {
+		Handle uint32 `json:"handle"`
+		CQDump
+	}
+	SRQObject struct {
+		Handle uint32 `json:"handle"`
+		SRQDump
+	}
+	MRObject struct {
+		Handle uint32 `json:"handle"`
+		MRDump
+	}
+	MWObject struct {
+		Handle uint32 `json:"handle"`
+		MWDump
+	}
+	AHObject struct {
+		Handle uint32 `json:"handle"`
+		AHDump
+	}
+)
+
+// ContextDump is every rxe object of a uverbs context.
+type ContextDump struct {
+	Path string      `json:"path"`
+	FD   int         `json:"fd"`
+	PDs  []uint32    `json:"pds"`
+	CQs  []CQObject  `json:"cqs"`
+	SRQs []SRQObject `json:"srqs"`
+	QPs  []QPObject  `json:"qps"`
+	MRs  []MRObject  `json:"mrs"`
+	MWs  []MWObject  `json:"mws"`
+	AHs  []AHObject  `json:"ahs"`
+}
+
+// Dump reports every object of the context. For a consistent dump, stop
+// the context's QPs first.
+func (c *Context) Dump() (*ContextDump, error) {
+	d := &ContextDump{Path: c.Path, FD: c.FD}
+	var err error
+	if d.PDs, err = c.Handles(ObjPD); err != nil {
+		return nil, err
+	}
+	each := func(t ObjectType, fn func(h uint32) error) error {
+		hs, err := c.Handles(t)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if err := fn(h); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	steps := []struct {
+		t  ObjectType
+		fn func(h uint32) error
+	}{
+		{ObjCQ, func(h uint32) error {
+			o, err := c.DumpCQ(h)
+			d.CQs = append(d.CQs, CQObject{h, o})
+			return err
+		}},
+		{ObjSRQ, func(h uint32) error {
+			o, err := c.DumpSRQ(h)
+			d.SRQs = append(d.SRQs, SRQObject{h, o})
+			return err
+		}},
+		{ObjQP, func(h uint32) error {
+			o, res, err := c.DumpQP(h)
+			d.QPs = append(d.QPs, QPObject{h, o, res})
+			return err
+		}},
+		{ObjMR, func(h uint32) error {
+			o, err := c.DumpMR(h)
+			d.MRs = append(d.MRs, MRObject{h, o})
+			return err
+		}},
+		{ObjMW, func(h uint32) error {
+			o, err := c.DumpMW(h)
+			d.MWs = append(d.MWs, MWObject{h, o})
+			return err
+		}},
+		{ObjAH, func(h uint32) error {
+			o, err := c.DumpAH(h)
+			d.AHs = append(d.AHs, AHObject{h, o})
+			return err
+		}},
+	}
+	for _, s := range steps {
+		if err := each(s.t, s.fn); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
