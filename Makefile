@@ -30,7 +30,7 @@ GOTEST_FLAGS ?=
 E2E_TIMEOUT ?= 40m
 E2E_RUN ?= .
 
-.PHONY: all deps tools kernel kernel-check binaries lab-assets lab lab-down demo \
+.PHONY: all deps tools kernel kernel-check binaries plugin lab-assets lab lab-down demo \
 	test unit-test e2e-test bench bench-lab clean distclean
 
 all: binaries kernel
@@ -74,6 +74,14 @@ $(BIN)/rdmacheck: integration/rdmacheck/rdmacheck.c | $(CACHE)/.deps-$(KREL)-$(K
 	@mkdir -p $(BIN)
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< -libverbs
 
+# MigrOS' CRIU plugin (GPL-2.0), against Debian's criu headers; migros
+# finds it in ../lib/criu next to its binary.
+CRIU_PLUGIN := $(OUT)/lib/criu/migros_criu.so
+$(CRIU_PLUGIN): rdma/criu/plugin/migros_criu.c | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
+plugin: $(CRIU_PLUGIN)
+
 $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	hack/lab/mkinitrd.sh $(KIMAGE) $(KREL) $@
 
@@ -82,7 +90,7 @@ $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps
 $(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status | binaries
 	$(BIN)/migros-lab image -o $@
 
-lab-assets: tools kernel binaries $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
+lab-assets: tools kernel binaries plugin $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
 	@printf '{\n  "kernel": "%s",\n  "initrd": "%s",\n  "modules": "%s",\n  "rxe": "%s",\n  "bin": "%s",\n  "guest_init": "%s",\n  "image": "%s",\n  "migros_version": "%s"\n}\n' \
 		$(KIMAGE)/boot/vmlinuz-$(KREL) $(LABOUT)/initrd.img $(KIMAGE) $(OUT)/kernel/rdma_rxe.ko \
 		$(BIN) $(TOP)/hack/lab/guest-init $(LABOUT)/rdma-test.oci.tar "$$(cat $(OUT)/kernel/migros_version)" \
@@ -117,6 +125,7 @@ unit-test:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./integration/
 	$(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 10s ./rdma/image/
 
 # The lab is torn down even when go test dies (a timeout panics past
 # TestMain's cleanup).

@@ -297,3 +297,9 @@ func decodeIDStatus(ids []ID, status []byte) []error {
 	}
 	return errs
 }
+
+// FromFile wraps an open uverbs file that some process has as descriptor
+// fd (for example one CRIU passed to its plugin).
+func FromFile(f *os.File, fd int) *Context {
+	return &Context{file: f, Path: f.Name(), FD: fd}
+}

@@ -1,7 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 
-// Command migros is the MigrOS command line. For now it drives the
-// migration protocol of our rdma_rxe on a running process:
+// Command migros is the MigrOS command line.
+//
+//	migros checkpoint --pid P --images DIR [--leave-running]
+//	                                      checkpoint an RDMA process with CRIU
+//	migros inspect DIR                    the RDMA objects of a checkpoint
+//
+// It also drives the migration protocol of our rdma_rxe on a running
+// process:
 //
 //	migros rxe list   --pid P [--json]    the process' RC QPs and their state
 //	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
@@ -11,29 +17,55 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/migros/migros/rdma"
 )
 
-const usage = `usage: migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
+const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
+       migros inspect DIR
+       migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
 `
 
 func main() {
-	if len(os.Args) < 3 || os.Args[1] != "rxe" {
+	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
-	if err := rxe(os.Args[2], os.Args[3:]); err != nil {
-		fmt.Fprintf(os.Stderr, "migros rxe %s: %v\n", os.Args[2], err)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	name, args := os.Args[1], os.Args[2:]
+	var err error
+	switch name {
+	case "checkpoint":
+		err = checkpointCmd(ctx, args)
+	case "inspect":
+		err = inspect(args)
+	case "criu-dump":
+		err = criuDump(args)
+	case "rxe":
+		if len(args) == 0 {
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(2)
+		}
+		name, err = "rxe "+args[0], rxe(args[0], args[1:])
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "migros %s: %v\n", name, err)
 		os.Exit(1)
 	}
 }

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package checkpoint checkpoints a process that uses RDMA: stock CRIU dumps
+// the process, MigrOS' CRIU plugin hands it the uverbs files, and their
+// RDMA state goes into rdma-<id>.img next to CRIU's images.
+package checkpoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/image"
+)
+
+// Options of a checkpoint.
+type Options struct {
+	PID          int
+	ImagesDir    string
+	LeaveRunning bool   // keep the process running (its QPs resume in place)
+	PluginDir    string // holds migros_criu.so; CRIU loads every plugin there
+	MigrosBin    string // the migros binary the plugin runs
+	CRIU         string // criu binary, default "criu"
+}
+
+// ErrUnsupported: the process has something MigrOS cannot checkpoint; it
+// was refused before anything was frozen.
+var ErrUnsupported = errors.New("not supported by MigrOS checkpoint")
+
+// Refusals checks, before anything is frozen, for what MigrOS cannot
+// checkpoint in process pid and its descendants.
+func Refusals(pid int) error {
+	var errs []error
+	for _, p := range tree(pid) {
+		dir := fmt.Sprintf("/proc/%d/fd", p)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			t, _ := os.Readlink(filepath.Join(dir, e.Name()))
+			if t == "/dev/infiniband/rdma_cm" {
+				errs = append(errs, fmt.Errorf("%w: process %d has the RDMA connection manager open (fd %s); "+
+					"only ibverbs connections set up by the application are supported", ErrUnsupported, p, e.Name()))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tree is pid and its descendants.
+func tree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", out[i]))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(t)
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Run checkpoints the process tree of o.PID into o.ImagesDir. If the
+// process is to keep running, or if the checkpoint fails while it still
+// runs, its QPs are resumed in place, so its peers carry on with it.
+func Run(ctx context.Context, o Options) error {
+	if err := Refusals(o.PID); err != nil {
+		return err
+	}
+	if o.CRIU == "" {
+		o.CRIU = "criu"
+	}
+	if err := os.MkdirAll(o.ImagesDir, 0o700); err != nil {
+		return err
+	}
+	// RDMA applications commonly keep the TCP connection over which they
+	// exchanged QP numbers: CRIU checkpoints it with TCP repair.
+	args := []string{"dump", "--tree", strconv.Itoa(o.PID), "--images-dir", o.ImagesDir,
+		"--libdir", o.PluginDir, "--log-file", "dump.log", "-v4", "--tcp-established"}
+	if o.LeaveRunning {
+		args = append(args, "--leave-running")
+	}
+	cmd := exec.CommandContext(ctx, o.CRIU, args...)
+	cmd.Env = append(os.Environ(), "MIGROS_BIN="+o.MigrosBin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), logTail(o.ImagesDir))
+	}
+	if err != nil || o.LeaveRunning {
+		if rerr := resume(o.PID); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// resume resumes the Stopped QPs of every process of the tree that still
+// runs.
+func resume(pid int) error {
+	var errs []error
+	for _, p := range tree(pid) {
+		ctxs, err := rdma.OpenPID(p)
+		if err != nil {
+			continue // gone
+		}
+		for _, c := range ctxs {
+			if _, err := c.Resume(); err != nil {
+				errs = append(errs, fmt.Errorf("resuming process %d: %w", p, err))
+			}
+			c.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// logTail picks CRIU's errors out of its log.
+func logTail(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "dump.log"))
+	if err != nil {
+		return ""
+	}
+	var errs []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "Error (") {
+			errs = append(errs, l)
+		}
+	}
+	return fmt.Sprintf("\ncriu errors (log: %s):\n%s", filepath.Join(dir, "dump.log"), strings.Join(errs, "\n"))
+}
+
+// Images reads every RDMA image of a checkpoint directory, by CRIU file
+// id.
+func Images(dir string) (map[int]*image.Context, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "rdma-[0-9]*.img"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	imgs := map[int]*image.Context{}
+	for _, n := range names {
+		id, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(n), "rdma-"), ".img"))
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		c, err := image.Decode(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", n, err)
+		}
+		imgs[id] = c
+	}
+	return imgs, nil
+}
