@@ -82,6 +82,13 @@ $(CRIU_PLUGIN): rdma/criu/plugin/migros_criu.c | $(CACHE)/.deps-$(KREL)-$(KERNEL
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
 plugin: $(CRIU_PLUGIN)
 
+# Go tests that need an RDMA device, compiled here and run in a guest by
+# the e2e tests (they skip elsewhere).
+DEVICE_TESTS := $(BIN)/verbs.test
+$(BIN)/verbs.test: $(wildcard rdma/verbs/*.go rdma/*.go) | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+	@mkdir -p $(BIN)
+	$(GO) test -c -o $@ ./rdma/verbs
+
 $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	hack/lab/mkinitrd.sh $(KIMAGE) $(KREL) $@
 
@@ -90,7 +97,7 @@ $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps
 $(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status | binaries
 	$(BIN)/migros-lab image -o $@
 
-lab-assets: tools kernel binaries plugin $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
+lab-assets: tools kernel binaries plugin $(DEVICE_TESTS) $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
 	@printf '{\n  "kernel": "%s",\n  "initrd": "%s",\n  "modules": "%s",\n  "rxe": "%s",\n  "bin": "%s",\n  "guest_init": "%s",\n  "image": "%s",\n  "migros_version": "%s"\n}\n' \
 		$(KIMAGE)/boot/vmlinuz-$(KREL) $(LABOUT)/initrd.img $(KIMAGE) $(OUT)/kernel/rdma_rxe.ko \
 		$(BIN) $(TOP)/hack/lab/guest-init $(LABOUT)/rdma-test.oci.tar "$$(cat $(OUT)/kernel/migros_version)" \

@@ -46,3 +46,19 @@ func TestCheckIDs(t *testing.T) {
 	}
 	finishRDMACheck(t, pair)
 }
+
+// rdma/verbs' device tests, run on a guest's rxe device: objects created
+// with chosen user_handles, and hints that give a QP and an MR exactly the
+// QPN and keys asked for.
+func TestVerbsOnDevice(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	src := guest(t, "src")
+	out, err := src.Output(ctx, "env", "MIGROS_DEVICE=/dev/infiniband/uverbs0", "verbs.test", "-test.v", "-test.run", "Device")
+	t.Log(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "--- PASS: TestDeviceHintedIDs") {
+		t.Fatal("the device test did not run")
+	}
+}

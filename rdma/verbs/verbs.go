@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package verbs issues the uverbs commands that recreate RDMA objects
+// (protection domains, CQs, QPs, MRs) with the exact parameters a restore
+// needs, user_handle included, which libibverbs' own calls do not let one
+// choose. Commands travel through the ioctl interface (INVOKE_WRITE), as
+// rdma-core 44 sends them.
+//
+// Every command is laid out in an Arena: memory in the address space of
+// the process that issues the ioctl. The local arena is this process'; a
+// restore uses one in the restored process, so that the objects are
+// created by, and belong to, that process.
+package verbs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Arena is scratch memory in the address space where ioctls run, and the
+// means to run them there.
+type Arena interface {
+	// Addr is the address of the arena in that address space.
+	Addr() uint64
+	Size() int
+	WriteAt(b []byte, off int) error
+	ReadAt(b []byte, off int) error
+	// Ioctl runs ioctl(fd, req, Addr()+off) there.
+	Ioctl(fd int, req uint64, off int) (uint64, syscall.Errno)
+}
+
+// LocalArena is an Arena in this process.
+type LocalArena struct{ mem []byte }
+
+// NewLocalArena maps size bytes of scratch memory; the GC never moves it.
+func NewLocalArena(size int) (*LocalArena, error) {
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("verbs: arena: %w", err)
+	}
+	return &LocalArena{mem: mem}, nil
+}
+
+func (a *LocalArena) Addr() uint64 { return addrOf(a.mem) }
+func (a *LocalArena) Size() int    { return len(a.mem) }
+func (a *LocalArena) Close() error { return unix.Munmap(a.mem) }
+
+func (a *LocalArena) WriteAt(b []byte, off int) error {
+	if off < 0 || off+len(b) > len(a.mem) {
+		return fmt.Errorf("verbs: write of %d bytes at %d outside the arena", len(b), off)
+	}
+	copy(a.mem[off:], b)
+	return nil
+}
+
+func (a *LocalArena) ReadAt(b []byte, off int) error {
+	if off < 0 || off+len(b) > len(a.mem) {
+		return fmt.Errorf("verbs: read of %d bytes at %d outside the arena", len(b), off)
+	}
+	copy(b, a.mem[off:])
+	return nil
+}
+
+func (a *LocalArena) Ioctl(fd int, req uint64, off int) (uint64, syscall.Errno) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(a.Addr())+uintptr(off))
+	return uint64(r), errno
+}
+
+// uverbs ioctl ABI.
+const (
+	verbsIoctl = 0xc0181b01 // RDMA_VERBS_IOCTL
+	hdrSize    = 24
+	attrSize   = 16
+	driverRXE  = 14
+
+	objDevice         = 0
+	methodInvokeWrite = 0
+	attrCoreIn        = 0
+	attrCoreOut       = 1
+	attrWriteCmd      = 2
+	attrUHWIn         = 0x1000
+	attrUHWOut        = 0x1001
+)
+
+// Classic verbs commands (enum ib_uverbs_write_cmds).
+const (
+	cmdGetContext = 0
+	cmdAllocPD    = 3
+	cmdRegMR      = 9
+	cmdCreateCQ   = 18
+	cmdCreateQP   = 24
+)
+
+// Error is a failed command.
+type Error struct {
+	Op    string
+	Errno syscall.Errno
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("verbs: %s: %v", e.Op, e.Errno) }
+func (e *Error) Unwrap() error { return e.Errno }
+
+// Device is an open uverbs file with a context, on which commands run.
+type Device struct {
+	FD    int // in the address space of the arena
+	arena Arena
+}
+
+// NewDevice uses fd, a uverbs file open in the arena's process that has no
+// context yet, and gets it one. It returns the context's async event fd.
+func NewDevice(a Arena, fd int) (*Device, int, error) {
+	d := &Device{FD: fd, arena: a}
+	out := make([]byte, 8) // async_fd, num_comp_vectors
+	if err := d.invoke("get context", cmdGetContext, make([]byte, 8), out, nil); err != nil {
+		return nil, -1, err
+	}
+	return d, int(binary.LittleEndian.Uint32(out)), nil
+}
+
+// invoke runs command cmd with core input in, core output out and, if
+// uhw is not empty, driver output uhw.
+func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
+	uhwOut := len(uhw)
+	nattrs := 3
+	if uhwOut > 0 {
+		nattrs++
+	}
+	// Layout: header and attributes, then in, out and the driver output.
+	inOff := hdrSize + attrSize*nattrs
+	outOff := inOff + len(in)
+	uhwOff := outOff + len(out)
+	total := uhwOff + uhwOut
+	if total > d.arena.Size() {
+		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", op, total, d.arena.Size())
+	}
+	base := d.arena.Addr()
+	b := make([]byte, total)
+	le := binary.LittleEndian
+	le.PutUint16(b[0:], uint16(inOff))
+	le.PutUint16(b[2:], objDevice)
+	le.PutUint16(b[4:], methodInvokeWrite)
+	le.PutUint16(b[6:], uint16(nattrs))
+	le.PutUint32(b[16:], driverRXE)
+	attr := func(i int, id uint16, length int, data uint64) {
+		o := hdrSize + attrSize*i
+		le.PutUint16(b[o:], id)
+		le.PutUint16(b[o+2:], uint16(length))
+		le.PutUint64(b[o+8:], data)
+	}
+	attr(0, attrWriteCmd, 8, uint64(cmd))
+	if len(in) <= 8 { // short inputs travel inline
+		var v [8]byte
+		copy(v[:], in)
+		attr(1, attrCoreIn, len(in), le.Uint64(v[:]))
+	} else {
+		attr(1, attrCoreIn, len(in), base+uint64(inOff))
+	}
+	attr(2, attrCoreOut, len(out), base+uint64(outOff))
+	if uhwOut > 0 {
+		attr(3, attrUHWOut, uhwOut, base+uint64(uhwOff))
+	}
+	copy(b[inOff:], in)
+	if err := d.arena.WriteAt(b, 0); err != nil {
+		return err
+	}
+	if _, errno := d.arena.Ioctl(d.FD, verbsIoctl, 0); errno != 0 {
+		return &Error{Op: op, Errno: errno}
+	}
+	if err := d.arena.ReadAt(b[outOff:], outOff); err != nil {
+		return err
+	}
+	copy(out, b[outOff:uhwOff])
+	copy(uhw, b[uhwOff:])
+	return nil
+}
+
+// AllocPD creates a protection domain and returns its handle.
+func (d *Device) AllocPD() (uint32, error) {
+	out := make([]byte, 4)
+	if err := d.invoke("alloc PD", cmdAllocPD, make([]byte, 8), out, nil); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(out), nil
+}
+
+// MMInfo is where the process must map a queue (struct mminfo).
+type MMInfo struct {
+	Offset uint64
+	Size   uint32
+}
+
+func decodeMMInfo(b []byte) MMInfo {
+	return MMInfo{Offset: binary.LittleEndian.Uint64(b), Size: binary.LittleEndian.Uint32(b[8:])}
+}
+
+// CQ is a created CQ.
+type CQ struct {
+	Handle uint32
+	CQE    uint32
+	Queue  MMInfo
+}
+
+// CreateCQ creates a CQ of at least cqe entries; channel is a completion
+// channel fd in the arena's process, or -1.
+func (d *Device) CreateCQ(userHandle uint64, cqe uint32, channel int32) (CQ, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 32)
+	le.PutUint64(in[8:], userHandle)
+	le.PutUint32(in[16:], cqe)
+	le.PutUint32(in[24:], uint32(channel))
+	out, uhw := make([]byte, 8), make([]byte, 16)
+	if err := d.invoke("create CQ", cmdCreateCQ, in, out, uhw); err != nil {
+		return CQ{}, err
+	}
+	return CQ{Handle: le.Uint32(out), CQE: le.Uint32(out[4:]), Queue: decodeMMInfo(uhw)}, nil
+}
+
+// QPInit is what a QP is created with.
+type QPInit struct {
+	UserHandle              uint64
+	PD, SendCQ, RecvCQ, SRQ uint32
+	MaxSendWR, MaxRecvWR    uint32
+	MaxSendSGE, MaxRecvSGE  uint32
+	MaxInlineData           uint32
+	SQSigAll                bool
+	Type                    uint8 // enum ib_qp_type: 2 RC, 3 UC, 4 UD
+	UseSRQ                  bool
+}
+
+// QP is a created QP.
+type QP struct {
+	Handle, QPN uint32
+	RQ, SQ      MMInfo
+}
+
+// CreateQP creates a QP.
+func (d *Device) CreateQP(q QPInit) (QP, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 56)
+	le.PutUint64(in[8:], q.UserHandle)
+	for i, v := range []uint32{q.PD, q.SendCQ, q.RecvCQ, q.SRQ, q.MaxSendWR, q.MaxRecvWR, q.MaxSendSGE, q.MaxRecvSGE, q.MaxInlineData} {
+		le.PutUint32(in[16+4*i:], v)
+	}
+	if q.SQSigAll {
+		in[52] = 1
+	}
+	in[53] = q.Type
+	if q.UseSRQ {
+		in[54] = 1
+	}
+	out, uhw := make([]byte, 32), make([]byte, 32)
+	if err := d.invoke("create QP", cmdCreateQP, in, out, uhw); err != nil {
+		return QP{}, err
+	}
+	return QP{Handle: le.Uint32(out), QPN: le.Uint32(out[4:]), RQ: decodeMMInfo(uhw), SQ: decodeMMInfo(uhw[16:])}, nil
+}
+
+// MR is a registered memory region.
+type MR struct {
+	Handle, LKey, RKey uint32
+}
+
+// RegMR registers length bytes at start (in the arena's process) for
+// access (IB_ACCESS_*), with iova as the address peers use.
+func (d *Device) RegMR(pd uint32, start, length, iova uint64, access uint32) (MR, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 40)
+	le.PutUint64(in[8:], start)
+	le.PutUint64(in[16:], length)
+	le.PutUint64(in[24:], iova)
+	le.PutUint32(in[32:], pd)
+	le.PutUint32(in[36:], access)
+	out := make([]byte, 12)
+	if err := d.invoke("register MR", cmdRegMR, in, out, nil); err != nil {
+		return MR{}, err
+	}
+	return MR{Handle: le.Uint32(out), LKey: le.Uint32(out[4:]), RKey: le.Uint32(out[8:])}, nil
+}
