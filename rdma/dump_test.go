@@ -57,3 +57,18 @@ func TestDecodeQPDump(t *testing.T) {
 		t.Error("short dump decoded")
 	}
 }
+
+// encode is decode's inverse.
+func TestEncodeDump(t *testing.T) {
+	d := QPDump{UserHandle: 1, QPN: 0x11, Mig: MigStopped, MigToken: 7, SQ: Queue{Index: 3}}
+	d.AV.DMAC[5] = 9
+	b := encode(d)
+	var back QPDump
+	if err := decode(b, &back); err != nil || back != d {
+		t.Fatalf("%+v, %v", back, err)
+	}
+	res := []RespRes{{Type: 1, RKey: 2}, {Type: 3, VA: 4}}
+	if len(encode(res)) != 128 {
+		t.Fatalf("two resources encode to %d bytes", len(encode(res)))
+	}
+}

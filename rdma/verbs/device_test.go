@@ -3,8 +3,11 @@
 package verbs
 
 import (
+	"encoding/hex"
 	"errors"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -127,5 +130,133 @@ func TestDeviceHintedIDs(t *testing.T) {
 	md, err := c.DumpMR(m1.Handle)
 	if err != nil || md.LKey != m1.LKey || md.IOVA != 0x10000 || md.Length != 8192 || md.Start != addrOf(buf) {
 		t.Errorf("dump of MR %+v, %v", md, err)
+	}
+}
+
+// gid reads GID index 1 (the IPv4 one in the lab) of the device behind
+// MIGROS_DEVICE.
+func gid(t *testing.T) [16]byte {
+	t.Helper()
+	uverbs := filepath.Base(os.Getenv("MIGROS_DEVICE"))
+	ibdev, err := os.ReadFile("/sys/class/infiniband_verbs/" + uverbs + "/ibdev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.ReadFile("/sys/class/infiniband/" + strings.TrimSpace(string(ibdev)) + "/ports/1/gids/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g [16]byte
+	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(s)), ":", ""))
+	if err != nil || len(h) != 16 {
+		t.Fatalf("GID %q: %v", s, err)
+	}
+	copy(g[:], h)
+	return g
+}
+
+// connect takes a QP through INIT, RTR and RTS towards dest on this
+// device, with the attributes a restore replays.
+func connect(t *testing.T, d *Device, h, dest uint32, g [16]byte) {
+	t.Helper()
+	steps := []QPAttr{
+		{Mask: QPState | QPPKeyIndex | QPPort | QPAccessFlags, State: 1, PortNum: 1, AccessFlags: 1 | 2 | 4},
+		{Mask: QPState | QPAV | QPPathMTU | QPDestQPN | QPRQPSN | QPMaxDestRDAtom | QPMinRNRTimer,
+			State: 2, PathMTU: 3, DestQPN: dest, RQPSN: 100, MaxDestRDAtomic: 4, MinRNRTimer: 12,
+			DGID: g, SGIDIndex: 1, HopLimit: 1, PortNum: 1},
+		{Mask: QPState | QPTimeout | QPRetryCnt | QPRNRRetry | QPSQPSN | QPMaxQPRDAtomic,
+			State: 3, SQPSN: 200, Timeout: 14, RetryCnt: 7, RNRRetry: 7, MaxRDAtomic: 4},
+	}
+	for _, s := range steps {
+		if err := d.ModifyQP(h, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A QP taken to RTS with ModifyQP, stopped, then loaded with a dumped
+// state (changed here so that the load shows) reports that state; a load
+// into a running QP or with another queue geometry is refused; a CQ's arm
+// state is restored.
+func TestDeviceRestoreState(t *testing.T) {
+	d, c := device(t)
+	g := gid(t)
+	pd, err := d.AllocPD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cq, err := d.CreateCQ(1, 16, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := QPInit{PD: pd, SendCQ: cq.Handle, RecvCQ: cq.Handle, MaxSendWR: 8, MaxRecvWR: 8, MaxSendSGE: 1, MaxRecvSGE: 1, Type: 2}
+	qa, err := d.CreateQP(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qb, err := d.CreateQP(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect(t, d, qa.Handle, qb.QPN, g)
+	connect(t, d, qb.Handle, qa.QPN, g)
+
+	st, res, err := c.DumpQP(qa.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.QPState != 3 || st.SQPSN != 200 || st.RQPSN != 100 || st.DestQPN != qb.QPN || st.Timeout != 14 ||
+		st.MaxDestRDAtomic != 4 || len(res) != 4 || st.AV.DGID != g || st.AV.SGIDIndex != 1 {
+		t.Fatalf("QP after ModifyQP: %+v (%d resources)", st, len(res))
+	}
+	if err := c.RestoreQP(qa.Handle, st, res); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("restore into a QP that is not Stopped: %v, want EINVAL", err)
+	}
+	if err := c.StopQP(qa.Handle); err != nil {
+		t.Fatal(err)
+	}
+	st, res, err = c.DumpQP(qa.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := st
+	want.ReqPSN, want.CompPSN, want.ReqOpcode, want.CompOpcode = 0x210, 0x205, 4, 4
+	want.RespPSN, want.RespMSN, want.RespAckPSN, want.RespOpcode = 0x150, 7, 0x14f, 4
+	want.CompRetryCnt, want.CompRNRRetry, want.SSN, want.MigToken = 3, 5, 9, 0x7777
+	want.RespResHead, want.RespResTail = 2, 1
+	res[1] = rdma.RespRes{Type: 1 << 4, FirstPSN: 0x140, LastPSN: 0x142, CurPSN: 0x141, VAOrg: 0x1000, VA: 0x1400, RKey: 0x2fa, Length: 4096, Resid: 1024}
+	if err := c.RestoreQP(qa.Handle, want, res); err != nil {
+		t.Fatal(err)
+	}
+	got, gotRes, err := c.DumpQP(qa.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("after restore:\n got %+v\nwant %+v", got, want)
+	}
+	if len(gotRes) != 4 || gotRes[1] != res[1] {
+		t.Errorf("responder resource after restore: %+v, want %+v", gotRes, res[1])
+	}
+	bad := want
+	bad.SQ.IndexMask++
+	if err := c.RestoreQP(qa.Handle, bad, nil); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("restore with another SQ geometry: %v, want EINVAL", err)
+	}
+
+	cd, err := c.DumpCQ(cq.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd.Notify = 2 // IB_CQ_NEXT_COMP
+	if err := c.RestoreCQ(cq.Handle, cd); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := c.DumpCQ(cq.Handle); err != nil || back.Notify != 2 {
+		t.Errorf("CQ after restore: %+v, %v", back, err)
+	}
+	cd.Notify = 5
+	if err := c.RestoreCQ(cq.Handle, cd); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("restore of an impossible arm state: %v", err)
 	}
 }

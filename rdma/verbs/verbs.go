@@ -120,19 +120,20 @@ func NewDevice(a Arena, fd int) (*Device, int, error) {
 	return d, int(binary.LittleEndian.Uint32(out)), nil
 }
 
-// invoke runs command cmd with core input in, core output out and, if
-// uhw is not empty, driver output uhw.
+// invoke runs command cmd with core input in and, when not empty, core
+// output out and driver output uhw.
 func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
-	uhwOut := len(uhw)
-	nattrs := 3
-	if uhwOut > 0 {
-		nattrs++
+	nattrs := 2
+	for _, o := range [][]byte{out, uhw} {
+		if len(o) > 0 {
+			nattrs++
+		}
 	}
 	// Layout: header and attributes, then in, out and the driver output.
 	inOff := hdrSize + attrSize*nattrs
 	outOff := inOff + len(in)
 	uhwOff := outOff + len(out)
-	total := uhwOff + uhwOut
+	total := uhwOff + len(uhw)
 	if total > d.arena.Size() {
 		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", op, total, d.arena.Size())
 	}
@@ -144,23 +145,27 @@ func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
 	le.PutUint16(b[4:], methodInvokeWrite)
 	le.PutUint16(b[6:], uint16(nattrs))
 	le.PutUint32(b[16:], driverRXE)
-	attr := func(i int, id uint16, length int, data uint64) {
-		o := hdrSize + attrSize*i
+	n := 0
+	attr := func(id uint16, length int, data uint64) {
+		o := hdrSize + attrSize*n
 		le.PutUint16(b[o:], id)
 		le.PutUint16(b[o+2:], uint16(length))
 		le.PutUint64(b[o+8:], data)
+		n++
 	}
-	attr(0, attrWriteCmd, 8, uint64(cmd))
+	attr(attrWriteCmd, 8, uint64(cmd))
 	if len(in) <= 8 { // short inputs travel inline
 		var v [8]byte
 		copy(v[:], in)
-		attr(1, attrCoreIn, len(in), le.Uint64(v[:]))
+		attr(attrCoreIn, len(in), le.Uint64(v[:]))
 	} else {
-		attr(1, attrCoreIn, len(in), base+uint64(inOff))
+		attr(attrCoreIn, len(in), base+uint64(inOff))
 	}
-	attr(2, attrCoreOut, len(out), base+uint64(outOff))
-	if uhwOut > 0 {
-		attr(3, attrUHWOut, uhwOut, base+uint64(uhwOff))
+	if len(out) > 0 {
+		attr(attrCoreOut, len(out), base+uint64(outOff))
+	}
+	if len(uhw) > 0 {
+		attr(attrUHWOut, len(uhw), base+uint64(uhwOff))
 	}
 	copy(b[inOff:], in)
 	if err := d.arena.WriteAt(b, 0); err != nil {
@@ -278,4 +283,66 @@ func (d *Device) RegMR(pd uint32, start, length, iova uint64, access uint32) (MR
 		return MR{}, err
 	}
 	return MR{Handle: le.Uint32(out), LKey: le.Uint32(out[4:]), RKey: le.Uint32(out[8:])}, nil
+}
+
+// QP attribute mask bits (enum ib_qp_attr_mask).
+const (
+	QPState          = 1 << 0
+	QPAccessFlags    = 1 << 3
+	QPPKeyIndex      = 1 << 4
+	QPPort           = 1 << 5
+	QPAV             = 1 << 7
+	QPPathMTU        = 1 << 8
+	QPTimeout        = 1 << 9
+	QPRetryCnt       = 1 << 10
+	QPRNRRetry       = 1 << 11
+	QPRQPSN          = 1 << 12
+	QPMaxQPRDAtomic  = 1 << 13
+	QPMinRNRTimer    = 1 << 15
+	QPSQPSN          = 1 << 16
+	QPMaxDestRDAtom  = 1 << 17
+	QPDestQPN        = 1 << 20
+	cmdModifyQP      = 26
+	modifyQPCmdBytes = 112
+)
+
+// QPAttr is what ModifyQP sets, the fields Mask names.
+type QPAttr struct {
+	Mask                         uint32
+	State                        uint8 // enum ib_qp_state: 1 INIT, 2 RTR, 3 RTS
+	PathMTU                      uint8 // enum ib_mtu
+	QKey, RQPSN, SQPSN, DestQPN  uint32
+	AccessFlags                  uint32
+	PKeyIndex                    uint16
+	PortNum                      uint8
+	MaxRDAtomic, MaxDestRDAtomic uint8
+	MinRNRTimer, Timeout         uint8
+	RetryCnt, RNRRetry           uint8
+	DGID                         [16]byte
+	FlowLabel                    uint32
+	SGIDIndex, HopLimit          uint8
+	TrafficClass                 uint8
+}
+
+// ModifyQP changes the attributes of the QP with handle h.
+func (d *Device) ModifyQP(h uint32, a QPAttr) error {
+	le := binary.LittleEndian
+	in := make([]byte, modifyQPCmdBytes)
+	// struct ib_uverbs_qp_dest at 0: the primary path.
+	copy(in[0:16], a.DGID[:])
+	le.PutUint32(in[16:], a.FlowLabel)
+	in[24], in[25], in[26] = a.SGIDIndex, a.HopLimit, a.TrafficClass
+	in[30], in[31] = 1, a.PortNum // is_global: RoCE always routes by GID
+	le.PutUint32(in[64:], h)
+	le.PutUint32(in[68:], a.Mask)
+	le.PutUint32(in[72:], a.QKey)
+	le.PutUint32(in[76:], a.RQPSN)
+	le.PutUint32(in[80:], a.SQPSN)
+	le.PutUint32(in[84:], a.DestQPN)
+	le.PutUint32(in[88:], a.AccessFlags)
+	le.PutUint16(in[92:], a.PKeyIndex)
+	in[96], in[98] = a.State, a.PathMTU
+	in[101], in[102], in[103] = a.MaxRDAtomic, a.MaxDestRDAtomic, a.MinRNRTimer
+	in[104], in[105], in[106], in[107] = a.PortNum, a.Timeout, a.RetryCnt, a.RNRRetry
+	return d.invoke(fmt.Sprintf("modify QP %d to state %d", h, a.State), cmdModifyQP, in, nil, nil)
 }

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package rdma
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// MigrOS restore object and methods (rxe_mig_abi.h).
+const (
+	objMigRestore    = nsDriver + 2
+	methodRestoreQP  = nsDriver + 0
+	methodRestoreCQ  = nsDriver + 1
+	methodRestoreSRQ = nsDriver + 2
+)
+
+// encode lays out v, a record of fixed-size fields, as the kernel's.
+func encode(v any) []byte {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, v) // cannot fail for fixed-size values
+	return b.Bytes()
+}
+
+// RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
+// MSN, responder resources, queue indices, token) into the QP with handle
+// h, which was recreated with the same caps, modified to the dumped IB
+// state and Stopped. It stays Stopped.
+func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes) error {
+	in := encode(d)
+	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrDump, in)}
+	bufs := [][]byte{in}
+	if len(res) > 0 {
+		r := encode(res)
+		attrs = append(attrs, inAttr(attrRespRes, r))
+		bufs = append(bufs, r)
+	}
+	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
+}
+
+// RestoreCQ loads a dumped CQ's queue index and arm state into the CQ with
+// handle h.
+func (c *Context) RestoreCQ(h uint32, d CQDump) error {
+	in := encode(d)
+	return c.ioctl(fmt.Sprintf("restore CQ %d", h), objMigRestore, methodRestoreCQ,
+		[]attr{{id: attrCQ, data: uint64(h)}, inAttr(attrDump, in)}, in)
+}
+
+// RestoreSRQ loads a dumped SRQ's queue index and limit into the SRQ with
+// handle h.
+func (c *Context) RestoreSRQ(h uint32, d SRQDump) error {
+	in := encode(d)
+	return c.ioctl(fmt.Sprintf("restore SRQ %d", h), objMigRestore, methodRestoreSRQ,
+		[]attr{{id: attrSRQ, data: uint64(h)}, inAttr(attrDump, in)}, in)
+}
