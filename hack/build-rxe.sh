@@ -29,18 +29,20 @@ series_version() {
 # pristine extracts what we need from the source tarball once per version.
 pristine() {
 	local dir="$CACHE/kernel/linux-source_${KERNEL_DEB}"
-	if [ ! -f "$dir/.extracted" ]; then
+	# v2: the core's private uverbs.h too (patch 0008 reads its structures).
+	if [ ! -f "$dir/.extracted-v2" ]; then
 		local tarball=/usr/src/linux-source-6.1.tar.xz
 		[ -f "$tarball" ] || die "$tarball missing: run make deps"
 		local tmp
 		tmp=$(mktemp -d "$CACHE/.ksrc.XXXXXX")
 		tar -xJf "$tarball" -C "$tmp" --strip-components=1 \
 			--wildcards 'linux-source-6.1/drivers/infiniband/sw/rxe/*' \
+			linux-source-6.1/drivers/infiniband/core/uverbs.h \
 			linux-source-6.1/scripts/checkpatch.pl linux-source-6.1/scripts/spelling.txt \
 			linux-source-6.1/scripts/const_structs.checkpatch
 		rm -rf "$dir"
 		mv "$tmp" "$dir"
-		touch "$dir/.extracted"
+		touch "$dir/.extracted-v2"
 	fi
 	echo "$dir"
 }
@@ -64,8 +66,9 @@ build)
 	src=$(pristine)
 	tree="$OUT/kernel/tree"
 	rm -rf "$tree"
-	mkdir -p "$tree/drivers/infiniband/sw"
+	mkdir -p "$tree/drivers/infiniband/sw" "$tree/drivers/infiniband/core"
 	cp -a "$src/drivers/infiniband/sw/rxe" "$tree/drivers/infiniband/sw/"
+	cp -a "$src/drivers/infiniband/core/uverbs.h" "$tree/drivers/infiniband/core/"
 	for p in "${patches[@]}"; do
 		patch -p1 -d "$tree" --quiet --forward --no-backup-if-mismatch <"$p" ||
 			die "$(basename "$p") does not apply to linux-source-6.1 $KERNEL_DEB"

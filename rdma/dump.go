@@ -66,6 +66,8 @@ const (
 	methodDumpMR  = nsDriver + 3
 	methodDumpMW  = nsDriver + 4
 	methodDumpAH  = nsDriver + 5
+	// methodDumpEvents is the 8th patch's.
+	methodDumpEvents = nsDriver + 6
 
 	attrCQ      = nsDriver + 7
 	attrSRQ     = nsDriver + 8
@@ -74,6 +76,7 @@ const (
 	attrAH      = nsDriver + 11
 	attrDump    = nsDriver + 12
 	attrRespRes = nsDriver + 13
+	attrEvents  = nsDriver + 14
 )
 
 // Queue is a queue shared with the process (struct rxe_mig_queue): its
@@ -290,6 +293,44 @@ func (c *Context) DumpQP(h uint32) (QPDump, []RespRes, error) {
 	return d, res, nil
 }
 
+// Events is the uverbs core's event bookkeeping of a CQ, QP or SRQ
+// (struct rxe_mig_events): libibverbs' destroy waits until the process
+// has acknowledged as many events as the core says it delivered.
+type Events struct {
+	AsyncReported uint32 `json:"async_reported"`
+	CompReported  uint32 `json:"comp_reported,omitempty"` // CQ only
+	CompPending   uint32 `json:"comp_pending,omitempty"`  // CQ: queued on its channel, unread
+	_             uint32
+}
+
+// handleAttr is the attribute that names an object of type t.
+func handleAttr(t ObjectType) (uint16, error) {
+	switch t {
+	case ObjCQ:
+		return attrCQ, nil
+	case ObjQP:
+		return attrQP, nil
+	case ObjSRQ:
+		return attrSRQ, nil
+	}
+	return 0, fmt.Errorf("rdma: a %s has no event counts", t)
+}
+
+// DumpEvents reports the event counts of the CQ, QP or SRQ with handle h.
+func (c *Context) DumpEvents(t ObjectType, h uint32) (Events, error) {
+	var ev Events
+	a, err := handleAttr(t)
+	if err != nil {
+		return ev, err
+	}
+	out := make([]byte, binary.Size(ev))
+	if err := c.ioctl(fmt.Sprintf("dump events of %s %d", t, h), objMigDump, methodDumpEvents,
+		[]attr{{id: a, data: uint64(h)}, outAttr(attrEvents, out)}, out); err != nil {
+		return ev, err
+	}
+	return ev, decode(out, &ev)
+}
+
 // DumpCQ reports the CQ with handle h.
 func (c *Context) DumpCQ(h uint32) (CQDump, error) {
 	var d CQDump
@@ -326,14 +367,17 @@ type (
 		Handle  uint32    `json:"handle"`
 		QPDump            // embedded: the kernel's record
 		RespRes []RespRes `json:"resp_res,omitempty"`
+		Events  Events    `json:"events"`
 	}
 	CQObject struct {
 		Handle uint32 `json:"handle"`
 		CQDump
+		Events Events `json:"events"`
 	}
 	SRQObject struct {
 		Handle uint32 `json:"handle"`
 		SRQDump
+		Events Events `json:"events"`
 	}
 	MRObject struct {
 		Handle uint32 `json:"handle"`
@@ -388,17 +432,29 @@ func (c *Context) Dump() (*ContextDump, error) {
 	}{
 		{ObjCQ, func(h uint32) error {
 			o, err := c.DumpCQ(h)
-			d.CQs = append(d.CQs, CQObject{h, o})
+			if err != nil {
+				return err
+			}
+			ev, err := c.DumpEvents(ObjCQ, h)
+			d.CQs = append(d.CQs, CQObject{h, o, ev})
 			return err
 		}},
 		{ObjSRQ, func(h uint32) error {
 			o, err := c.DumpSRQ(h)
-			d.SRQs = append(d.SRQs, SRQObject{h, o})
+			if err != nil {
+				return err
+			}
+			ev, err := c.DumpEvents(ObjSRQ, h)
+			d.SRQs = append(d.SRQs, SRQObject{h, o, ev})
 			return err
 		}},
 		{ObjQP, func(h uint32) error {
 			o, res, err := c.DumpQP(h)
-			d.QPs = append(d.QPs, QPObject{h, o, res})
+			if err != nil {
+				return err
+			}
+			ev, err := c.DumpEvents(ObjQP, h)
+			d.QPs = append(d.QPs, QPObject{h, o, res, ev})
 			return err
 		}},
 		{ObjMR, func(h uint32) error {

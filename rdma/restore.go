@@ -14,6 +14,8 @@ const (
 	methodRestoreQP  = nsDriver + 0
 	methodRestoreCQ  = nsDriver + 1
 	methodRestoreSRQ = nsDriver + 2
+	// methodRestoreEvents is the 8th patch's.
+	methodRestoreEvents = nsDriver + 3
 )
 
 // encode lays out v, a record of fixed-size fields, as the kernel's.
@@ -53,4 +55,17 @@ func (c *Context) RestoreSRQ(h uint32, d SRQDump) error {
 	in := encode(d)
 	return c.ioctl(fmt.Sprintf("restore SRQ %d", h), objMigRestore, methodRestoreSRQ,
 		[]attr{{id: attrSRQ, data: uint64(h)}, inAttr(attrDump, in)}, in)
+}
+
+// RestoreEvents sets the event counts of a recreated CQ, QP or SRQ with
+// handle h, and queues a CQ's pending completion events again on its
+// completion channel.
+func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
+	a, err := handleAttr(t)
+	if err != nil {
+		return err
+	}
+	in := encode(ev)
+	return c.ioctl(fmt.Sprintf("restore events of %s %d", t, h), objMigRestore, methodRestoreEvents,
+		[]attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in)
 }
