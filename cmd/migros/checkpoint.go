@@ -60,14 +60,10 @@ func criuDump(args []string) error {
 		return err
 	}
 	f := os.NewFile(uintptr(*fd), path)
-	dirPath, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", *dirFD))
+	dir, err := imagesDir(*dirFD)
 	if err != nil {
-		return fmt.Errorf("images directory fd %d: %w", *dirFD, err)
+		return err
 	}
-	if st, err := os.Stat(fmt.Sprintf("/proc/self/fd/%d", *dirFD)); err != nil || !st.IsDir() {
-		return fmt.Errorf("images fd %d is %s, not a directory", *dirFD, dirPath)
-	}
-	dir := os.NewFile(uintptr(*dirFD), dirPath)
 	pid, tfd, err := criu.Owner(f)
 	if err != nil {
 		return err
@@ -77,6 +73,58 @@ func criuDump(args []string) error {
 		return err
 	}
 	return criu.WriteImage(dir, *id, img)
+}
+
+func restoreCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore", flag.ExitOnError)
+	images := fs.String("images", "", "directory with the images")
+	plugins := fs.String("criu-plugins", pluginDir(), "directory with migros_criu.so")
+	fs.Parse(args)
+	if *images == "" {
+		return errors.New("--images is required")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pid, err := checkpoint.Restore(ctx, checkpoint.RestoreOptions{ImagesDir: *images, PluginDir: *plugins, MigrosBin: exe})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("restored process %d\n", pid)
+	return nil
+}
+
+// criuRestore is what the CRIU plugin runs for each restored process that
+// has uverbs files: fd 3 is the plugin's system call executor for the
+// process, fd 4 the images directory.
+func criuRestore(args []string) error {
+	fs := flag.NewFlagSet("criu-restore", flag.ExitOnError)
+	fd := fs.Int("fd", 3, "the executor socket")
+	dirFD := fs.Int("images-fd", 4, "the images directory")
+	pid := fs.Int("pid", 0, "the restored process")
+	fs.Parse(args)
+	if *pid <= 0 {
+		return errors.New("--pid is required")
+	}
+	dir, err := imagesDir(*dirFD)
+	if err != nil {
+		return err
+	}
+	return criu.Restore(*pid, dir, criu.NewExecutor(os.NewFile(uintptr(*fd), "executor")))
+}
+
+// imagesDir is the images directory CRIU's plugin passed as fd.
+func imagesDir(fd int) (*os.File, error) {
+	p := fmt.Sprintf("/proc/self/fd/%d", fd)
+	path, err := os.Readlink(p)
+	if err != nil {
+		return nil, fmt.Errorf("images directory fd %d: %w", fd, err)
+	}
+	if st, err := os.Stat(p); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("images fd %d is %s, not a directory", fd, path)
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 func inspect(args []string) error {
@@ -108,7 +156,8 @@ func inspect(args []string) error {
 			fmt.Fprintf(tw, "  MR\t%d\tlkey %#x rkey %#x\t%#x+%d access %#x pd %d\n", m.Handle, m.LKey, m.RKey, m.Start, m.Length, m.Access, m.PDHandle)
 		}
 		for _, q := range o.CQs {
-			fmt.Fprintf(tw, "  CQ\t%d\t\tcqe %d ring %d B\n", q.Handle, q.CQE, q.Queue.BufSize)
+			fmt.Fprintf(tw, "  CQ\t%d\t\tcqe %d ring %d B; events read %d, queued %d\n",
+				q.Handle, q.CQE, q.Queue.BufSize, q.Events.CompReported, q.Events.CompPending)
 		}
 		for _, s := range o.SRQs {
 			fmt.Fprintf(tw, "  SRQ\t%d\tsrq %#x\tmax_wr %d pd %d\n", s.Handle, s.SRQNum, s.MaxWR, s.PDHandle)

@@ -4,6 +4,7 @@
 //
 //	migros checkpoint --pid P --images DIR [--leave-running]
 //	                                      checkpoint an RDMA process with CRIU
+//	migros restore --images DIR           restore it, RDMA state included
 //	migros inspect DIR                    the RDMA objects of a checkpoint
 //
 // It also drives the migration protocol of our rdma_rxe on a running
@@ -32,6 +33,7 @@ import (
 )
 
 const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
+       migros restore --images DIR
        migros inspect DIR
        migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
@@ -52,8 +54,12 @@ func main() {
 		err = checkpointCmd(ctx, args)
 	case "inspect":
 		err = inspect(args)
+	case "restore":
+		err = restoreCmd(ctx, args)
 	case "criu-dump":
 		err = criuDump(args)
+	case "criu-restore":
+		err = criuRestore(args)
 	case "rxe":
 		if len(args) == 0 {
 			fmt.Fprint(os.Stderr, usage)

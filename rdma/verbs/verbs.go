@@ -87,11 +87,13 @@ const (
 
 // Classic verbs commands (enum ib_uverbs_write_cmds).
 const (
-	cmdGetContext = 0
-	cmdAllocPD    = 3
-	cmdRegMR      = 9
-	cmdCreateCQ   = 18
-	cmdCreateQP   = 24
+	cmdGetContext        = 0
+	cmdAllocPD           = 3
+	cmdDeallocPD         = 4
+	cmdCreateCompChannel = 17
+	cmdRegMR             = 9
+	cmdCreateCQ          = 18
+	cmdCreateQP          = 24
 )
 
 // Error is a failed command.
@@ -189,6 +191,21 @@ func (d *Device) AllocPD() (uint32, error) {
 		return 0, err
 	}
 	return binary.LittleEndian.Uint32(out), nil
+}
+
+// DeallocPD destroys the protection domain with handle h.
+func (d *Device) DeallocPD(h uint32) error {
+	return d.invoke(fmt.Sprintf("dealloc PD %d", h), cmdDeallocPD, binary.LittleEndian.AppendUint32(nil, h), nil, nil)
+}
+
+// CreateCompChannel creates a completion channel and returns its fd in
+// the arena's process.
+func (d *Device) CreateCompChannel() (int, error) {
+	out := make([]byte, 4)
+	if err := d.invoke("create completion channel", cmdCreateCompChannel, make([]byte, 8), out, nil); err != nil {
+		return -1, err
+	}
+	return int(binary.LittleEndian.Uint32(out)), nil
 }
 
 // MMInfo is where the process must map a queue (struct mminfo).
@@ -291,6 +308,7 @@ const (
 	QPAccessFlags    = 1 << 3
 	QPPKeyIndex      = 1 << 4
 	QPPort           = 1 << 5
+	QPQKey           = 1 << 6
 	QPAV             = 1 << 7
 	QPPathMTU        = 1 << 8
 	QPTimeout        = 1 << 9

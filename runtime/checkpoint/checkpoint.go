@@ -96,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	if err != nil {
-		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), logTail(o.ImagesDir))
+		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), logTail(o.ImagesDir, "dump.log"))
 	}
 	if err != nil || o.LeaveRunning {
 		if rerr := resume(o.PID); rerr != nil {
@@ -126,8 +126,8 @@ func resume(pid int) error {
 }
 
 // logTail picks CRIU's errors out of its log.
-func logTail(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, "dump.log"))
+func logTail(dir, log string) string {
+	b, err := os.ReadFile(filepath.Join(dir, log))
 	if err != nil {
 		return ""
 	}
@@ -137,7 +137,7 @@ func logTail(dir string) string {
 			errs = append(errs, l)
 		}
 	}
-	return fmt.Sprintf("\ncriu errors (log: %s):\n%s", filepath.Join(dir, "dump.log"), strings.Join(errs, "\n"))
+	return fmt.Sprintf("\ncriu errors (log: %s):\n%s", filepath.Join(dir, log), strings.Join(errs, "\n"))
 }
 
 // Images reads every RDMA image of a checkpoint directory, by CRIU file

@@ -13,17 +13,35 @@
  * "migros criu-dump" with the file as fd 3 and the images directory as
  * fd 4; migros stops the context's QPs and writes rdma-<id>.img.
  *
+ * Restore: RESTORE_EXT_FILE gives each of our files a placeholder, a memfd
+ * named after the file's id, which CRIU puts at the file's fd number;
+ * UPDATE_VMA_MAP maps the ring VMAs from a placeholder memfd. Neither can
+ * do more: memory is not yet at its final addresses. RESUME_DEVICES_LATE
+ * runs in the CRIU master once it is, with the tasks stopped under its
+ * ptrace: the plugin starts "migros criu-restore" for each task that holds
+ * placeholders and runs, in the task, the system calls migros asks for
+ * (open, ioctl, mmap, dup3, ...), so the task itself owns what is created.
+ * If migros fails, the task is killed: CRIU ignores this hook's result.
+ *
  * Every hook returns -ENOTSUP for what is not ours, so that other plugins
  * and CRIU itself handle it.
  */
+#define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/user.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include <criu/criu-plugin.h>
@@ -50,12 +68,14 @@ static bool is_ib_event(int fd)
 	return !strcmp(target, "anon_inode:[infinibandevent]");
 }
 
-/* Run "migros ARGS..." with fd as 3 and the images directory as 4. */
-static int run_migros(const char *cmd, int fd, int id)
+/*
+ * Start "migros CMD --fd 3 --images-fd 4 --ID_FLAG ID" with fd as 3 and the
+ * images directory as 4.
+ */
+static pid_t start_migros(const char *cmd, int fd, const char *id_flag, int id)
 {
 	const char *bin = getenv("MIGROS_BIN");
 	char idstr[16];
-	int status;
 	pid_t pid;
 
 	if (!bin)
@@ -72,19 +92,33 @@ static int run_migros(const char *cmd, int fd, int id)
 		if (f < 0 || dir < 0 || dup2(f, 3) < 0 || dup2(dir, 4) < 0)
 			_exit(126);
 		execlp(bin, "migros", cmd, "--fd", "3", "--images-fd", "4",
-		       "--id", idstr, (char *)NULL);
+		       id_flag, idstr, (char *)NULL);
 		fprintf(stderr, "migros plugin: exec %s: %s\n", bin,
 			strerror(errno));
 		_exit(127);
 	}
+	return pid;
+}
+
+static int wait_migros(pid_t pid, const char *cmd, int id)
+{
+	int status;
+
 	if (waitpid(pid, &status, 0) < 0)
 		return -errno;
 	if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-		fprintf(stderr, "migros plugin: migros %s for file %d failed\n",
+		fprintf(stderr, "migros plugin: migros %s for %d failed\n",
 			cmd, id);
 		return -EIO;
 	}
 	return 0;
+}
+
+static int run_migros(const char *cmd, int fd, int id)
+{
+	pid_t pid = start_migros(cmd, fd, "--id", id);
+
+	return pid < 0 ? pid : wait_migros(pid, cmd, id);
 }
 
 /* A marker in the images says an [infinibandevent] file was ours. */
@@ -123,5 +157,208 @@ static int migros_handle_vma(int fd, const struct stat *st)
 	return is_uverbs(st) ? 0 : -ENOTSUP;
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__HANDLE_DEVICE_VMA, migros_handle_vma)
+
+static bool image_exists(const char *fmt, int id)
+{
+	char name[64];
+
+	snprintf(name, sizeof(name), fmt, id);
+	return !faccessat(criu_get_image_dir(), name, F_OK, 0);
+}
+
+/* Runs in the restored task; migros criu-restore replaces it later. */
+static int migros_restore_file(int id)
+{
+	char name[64];
+
+	if (image_exists("rdma-%d.img", id))
+		snprintf(name, sizeof(name), "migros-uverbs-%d", id);
+	else if (image_exists("rdma-event-%d.img", id))
+		snprintf(name, sizeof(name), "migros-event-%d", id);
+	else
+		return -ENOTSUP;
+	return memfd_create(name, MFD_CLOEXEC);
+}
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESTORE_EXT_FILE, migros_restore_file)
+
+/*
+ * Ring VMAs are mapped from one memfd per task (plugin state is per task:
+ * this runs in the restored task), which migros closes when it has mapped
+ * the real rings over them.
+ */
+static int vma_fd = -1;
+
+static int migros_update_vma(const char *path, const uint64_t addr,
+			     const uint64_t old_pgoff, uint64_t *new_pgoff,
+			     int *plugin_fd)
+{
+	(void)addr;
+	(void)old_pgoff;
+	if (strncmp(path, "/dev/infiniband/uverbs", 22))
+		return -ENOTSUP;
+	if (vma_fd < 0) {
+		vma_fd = memfd_create("migros-vma", MFD_CLOEXEC);
+		/* Sparse: large enough for any ring, costs nothing. */
+		if (vma_fd < 0 || ftruncate(vma_fd, 1L << 32))
+			return -errno;
+	}
+	*new_pgoff = 0;
+	*plugin_fd = vma_fd;
+	return 1;
+}
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__UPDATE_VMA_MAP, migros_update_vma)
+
+/* A system call migros asks for, and its result (rxe_mig executor ABI). */
+struct exec_req {
+	uint64_t nr;
+	uint64_t args[6];
+};
+
+/*
+ * The task is in a ptrace stop of ours. Run one system call in it: put
+ * "syscall; int3" at gadget, point the registers at it, let it run to the
+ * int3. Its code and registers are put back by restore_task().
+ */
+static int64_t task_syscall(pid_t pid, const struct user_regs_struct *saved,
+			    uint64_t gadget, const struct exec_req *req)
+{
+	struct user_regs_struct r = *saved;
+	int status;
+
+	r.rax = req->nr;
+	r.rdi = req->args[0];
+	r.rsi = req->args[1];
+	r.rdx = req->args[2];
+	r.r10 = req->args[3];
+	r.r8 = req->args[4];
+	r.r9 = req->args[5];
+	r.rip = gadget;
+	r.orig_rax = -1;	/* no syscall restart on the way out */
+	if (ptrace(PTRACE_SETREGS, pid, NULL, &r) ||
+	    ptrace(PTRACE_CONT, pid, NULL, NULL))
+		return -errno;
+	if (waitpid(pid, &status, __WALL) != pid)
+		return -errno;
+	if (!WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) {
+		fprintf(stderr, "migros plugin: task %d: status %#x in a system call\n",
+			pid, status);
+		return -ECHILD;
+	}
+	if (ptrace(PTRACE_GETREGS, pid, NULL, &r))
+		return -errno;
+	return r.rax;
+}
+
+/* The start of an executable mapping of the task (its rip may not be). */
+static uint64_t find_gadget(pid_t pid)
+{
+	char path[64], line[512], perms[8];
+	uint64_t start = 0, end;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) == 3 &&
+		    perms[2] == 'x' && !strstr(line, "[vsyscall]"))
+			break;
+		start = 0;
+	}
+	fclose(f);
+	return start;
+}
+
+static bool has_placeholders(pid_t pid)
+{
+	char path[300], target[128];
+	struct dirent *de;
+	bool found = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d))) {
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/%d/fd/%s", pid, de->d_name);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n < 0)
+			continue;
+		target[n] = 0;
+		found = !strncmp(target, "/memfd:migros-uverbs-", 21);
+	}
+	closedir(d);
+	return found;
+}
+
+static int serve(pid_t task, int sock)
+{
+	const uint64_t code = 0xcc050f;	/* syscall; int3 */
+	struct user_regs_struct saved;
+	struct exec_req req;
+	uint64_t gadget, orig;
+	int64_t ret;
+	int err = 0;
+
+	gadget = find_gadget(task);
+	if (!gadget)
+		return -ENOEXEC;
+	if (ptrace(PTRACE_GETREGS, task, NULL, &saved))
+		return -errno;
+	errno = 0;
+	orig = ptrace(PTRACE_PEEKTEXT, task, gadget, NULL);
+	if (errno)
+		return -errno;
+	if (ptrace(PTRACE_POKETEXT, task, gadget,
+		   (orig & ~0xffffffUL) | code))
+		return -errno;
+	while (recv(sock, &req, sizeof(req), 0) == sizeof(req)) {
+		ret = task_syscall(task, &saved, gadget, &req);
+		if (send(sock, &ret, sizeof(ret), 0) != sizeof(ret)) {
+			err = -EPIPE;
+			break;
+		}
+	}
+	if (ptrace(PTRACE_POKETEXT, task, gadget, orig) ||
+	    ptrace(PTRACE_SETREGS, task, NULL, &saved))
+		err = err ? err : -errno;
+	return err;
+}
+
+/*
+ * Runs in the CRIU master, the tasks' tracer, after the restorer has put
+ * memory at its final addresses and before the tasks run.
+ */
+static int migros_resume_late(int pid)
+{
+	int sv[2], err, werr;
+	pid_t child;
+
+	if (!has_placeholders(pid))
+		return -ENOTSUP;
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	child = start_migros("criu-restore", sv[1], "--pid", pid);
+	close(sv[1]);
+	if (child < 0) {
+		close(sv[0]);
+		return child;
+	}
+	err = serve(pid, sv[0]);
+	close(sv[0]);
+	werr = wait_migros(child, "criu-restore", pid);
+	if (err || werr) {
+		fprintf(stderr, "migros plugin: RDMA restore of %d failed (%d); killing it\n",
+			pid, err ? err : werr);
+		kill(pid, SIGKILL);
+		return err ? err : werr;
+	}
+	return 0;
+}
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESUME_DEVICES_LATE, migros_resume_late)
 
 CR_PLUGIN_REGISTER_DUMMY("migros")

@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: Apache-2.0
+
+//go:build e2e
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/migros/migros/integration/lab"
+	"github.com/migros/migros/integration/lab/control"
+)
+
+// detached starts argv in g the way CRIU wants a process it checkpoints:
+// a session of its own, output in a file, no pipe to the control agent.
+// With pid > 0 the process gets that pid (the guest is otherwise quiet),
+// so that another guest that restores it has it free.
+func detached(ctx context.Context, t *testing.T, g *lab.Guest, out string, pid int, argv ...string) string {
+	t.Helper()
+	// The background subshell is the one fork after ns_last_pid is set;
+	// setsid and the program then exec in it.
+	script := fmt.Sprintf("setsid sh -c 'exec %s >%s 2>&1 </dev/null' &", strings.Join(argv, " "), out)
+	if pid > 0 {
+		script = fmt.Sprintf("echo %d >/proc/sys/kernel/ns_last_pid; %s", pid-1, script)
+	}
+	p, err := g.Start(ctx, &control.Cmd{Argv: []string{"sh", "-c", script}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
+	time.Sleep(2 * time.Second)
+	got := pidOf(ctx, t, g, filepath.Base(argv[0]))
+	if pid > 0 && got != fmt.Sprint(pid) {
+		t.Fatalf("%s started as pid %s, want %d", argv[0], got, pid)
+	}
+	t.Cleanup(func() { g.Run(context.Background(), "kill", "-9", got) })
+	return got
+}
+
+// waitGone waits until process pid of g has exited.
+func waitGone(ctx context.Context, t *testing.T, g *lab.Guest, pid string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for g.Run(ctx, "test", "-d", "/proc/"+pid) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: process %s still runs after %v", g.Name, pid, d)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func checkpointKill(ctx context.Context, t *testing.T, g *lab.Guest, pid, images string) {
+	t.Helper()
+	if o, err := g.Output(ctx, "migros", "checkpoint", "--pid", pid, "--images", images); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, o)
+	}
+	if g.Run(ctx, "test", "-d", "/proc/"+pid) == nil {
+		t.Fatalf("process %s still runs after a checkpoint without --leave-running", pid)
+	}
+}
+
+func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string) {
+	t.Helper()
+	out, err := g.Output(ctx, "migros", "restore", "--images", images)
+	if err != nil {
+		t.Fatalf("restore on %s: %v\n%s", g.Name, err, out)
+	}
+	if !strings.Contains(out, "restored process "+pid) {
+		t.Fatalf("restore on %s: %q, want process %s", g.Name, out, pid)
+	}
+	for _, q := range listQPs(ctx, t, g, pid) {
+		if q.Mig.String() != "none" {
+			t.Errorf("restored QP %#x is %s, want resumed", q.QPN, q.Mig)
+		}
+	}
+}
+
+// serve starts argv in g as the server a client will connect to.
+func serve(ctx context.Context, t *testing.T, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
+	t.Helper()
+	var out bytes.Buffer
+	p, err := g.Start(ctx, &control.Cmd{Argv: argv, Stdout: &out, Stderr: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
+	if err := g.WaitListening(ctx, lab.RDMAPort, p); err != nil {
+		t.Fatal(err)
+	}
+	return p, &out
+}
+
+// waitOK waits up to d for p to exit successfully.
+func waitOK(t *testing.T, what string, p *control.Process, out *bytes.Buffer, d time.Duration) {
+	t.Helper()
+	select {
+	case <-p.Done():
+	case <-time.After(d):
+		t.Fatalf("%s did not finish within %v:\n%s", what, d, out)
+	}
+	if err := p.Wait(); err != nil {
+		t.Fatalf("%s: %v\n%s", what, err, out)
+	}
+}
+
+// pingpongDone waits for the pingpong server to finish and for the
+// restored client (pid on g, output in out) to exit, and checks that both
+// did all their exchanges.
+func pingpongDone(ctx context.Context, t *testing.T, server *control.Process, serverOut *bytes.Buffer,
+	g *lab.Guest, pid, out, iters string) {
+	t.Helper()
+	waitOK(t, "the peer", server, serverOut, 3*time.Minute)
+	waitGone(ctx, t, g, pid, time.Minute)
+	got, _ := g.Output(ctx, "cat", out)
+	for name, o := range map[string]string{"peer": serverOut.String(), "restored": got} {
+		if !strings.Contains(o, iters+" iters in") {
+			t.Errorf("%s did not finish its %s exchanges:\n%s", name, iters, o)
+		}
+	}
+}
+
+// Same host: a receiver is checkpointed (and killed) while its peer
+// streams to it; the peer pauses; the receiver is restored from the
+// images and resumes its peer. Every message arrives once, in order and
+// intact.
+func TestRestoreSameHost(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const out, images = "/tmp/restore-server.out", "/tmp/restore-images"
+	args := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	pid := detached(ctx, t, src, out, 0, args...)
+	if err := src.WaitListening(ctx, lab.RDMAPort, nil); err != nil {
+		t.Fatal(err)
+	}
+	var clientOut bytes.Buffer
+	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, "-w", "5000", src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Kill)
+	time.Sleep(3 * time.Second)
+
+	checkpointKill(ctx, t, src, pid, images)
+	time.Sleep(2 * time.Second) // the peer sends into the stopped QP meanwhile
+	peerPID := pidOf(ctx, t, peer, "rdmacheck")
+	if qps := listQPs(ctx, t, peer, peerPID); len(qps) != 1 || qps[0].Mig.String() != "paused" {
+		t.Errorf("peer QPs while src is checkpointed: %+v, want one paused", qps)
+	}
+	restore(ctx, t, src, images, pid)
+
+	waitOK(t, "the peer", client, &clientOut, 2*time.Minute)
+	waitGone(ctx, t, src, pid, time.Minute)
+	got, _ := src.Output(ctx, "cat", out)
+	if !strings.Contains(got, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("restored receiver did not check every message:\n%s", got)
+	}
+}
+
+// An unmodified ibv_rc_pingpong that sleeps on completion events (a
+// completion channel, armed CQs, unacknowledged events) is restored on
+// the same host; both sides finish every exchange with buffer checking,
+// and the restored one does not hang in ibv_destroy_cq.
+func TestRestoreEventsSameHost(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const out, images, iters = "/tmp/restore-pp.out", "/tmp/restore-pp", "4000"
+	argv := []string{"ibv_rc_pingpong", "-g", "1", "-e", "-c", "-n", iters}
+	server, serverOut := serve(ctx, t, peer, argv...)
+	pid := detached(ctx, t, src, out, 0, append(argv, peer.Addr())...)
+	time.Sleep(2 * time.Second)
+	checkpointKill(ctx, t, src, pid, images)
+	insp, err := src.Output(ctx, "migros", "inspect", images)
+	if err != nil || !strings.Contains(insp, "event fds [4 5]") || strings.Contains(insp, "events read 0,") {
+		t.Errorf("inspect shows no completion channel or no event read before the checkpoint: %v\n%s", err, insp)
+	}
+	restore(ctx, t, src, images, pid)
+	pingpongDone(ctx, t, server, serverOut, src, pid, out, iters)
+}
+
+// copyBetween copies files from one guest to another through the host.
+func copyBetween(ctx context.Context, t *testing.T, from, to *lab.Guest, paths ...string) {
+	t.Helper()
+	tmp := t.TempDir()
+	for i, p := range paths {
+		local := filepath.Join(tmp, fmt.Sprint(i))
+		if err := from.CopyOut(ctx, p, local); err != nil {
+			t.Fatal(err)
+		}
+		if err := to.CopyIn(ctx, local, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// copyImages copies a checkpoint directory from one guest to another.
+func copyImages(ctx context.Context, t *testing.T, from, to *lab.Guest, dir string) {
+	t.Helper()
+	ls, err := from.Output(ctx, "ls", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := to.Run(ctx, "mkdir", "-p", dir); err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, f := range strings.Fields(ls) {
+		files = append(files, filepath.Join(dir, f))
+	}
+	copyBetween(ctx, t, from, to, files...)
+}
+
+// src -> dst: an ibv_rc_pingpong checkpointed on src is restored on dst;
+// its peer learns the new address from the RESUME and both finish every
+// exchange with buffer checking.
+func TestRestoreOnAnotherHost(t *testing.T) {
+	ctx := testContext(t, 6*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const out, images, iters = "/tmp/move-pp.out", "/tmp/move-pp", "4000"
+	argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters}
+	server, serverOut := serve(ctx, t, peer, argv...)
+	// A pid that dst's own processes do not have.
+	pid := detached(ctx, t, src, out, 30000, append(argv, peer.Addr())...)
+	time.Sleep(2 * time.Second)
+	checkpointKill(ctx, t, src, pid, images)
+	// CRIU restores open files by path: the output file goes along.
+	copyImages(ctx, t, src, dst, images)
+	copyBetween(ctx, t, src, dst, out)
+	restore(ctx, t, dst, images, pid)
+	pingpongDone(ctx, t, server, serverOut, dst, pid, out, iters)
+	got, _ := dst.Output(ctx, "cat", out)
+	if !strings.Contains(got, "GID ::ffff:"+src.Addr()) {
+		t.Errorf("the moved process' output does not show it started on src:\n%s", got)
+	}
+}
+
+// Bad restores fail with a clear error before CRIU creates anything, and
+// the source, checkpointed with --leave-running, streams on untouched.
+func TestRestoreBadCases(t *testing.T) {
+	ctx := testContext(t, 6*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const out, images = "/tmp/bad-client.out", "/tmp/bad-images"
+	args := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	server, serverOut := serve(ctx, t, peer, args...)
+	pid := detached(ctx, t, src, out, 0, append(args, "-w", "5000", peer.Addr())...)
+	time.Sleep(2 * time.Second)
+	if o, err := src.Output(ctx, "migros", "checkpoint", "--pid", pid, "--images", images, "--leave-running"); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, o)
+	}
+	img, err := src.Output(ctx, "sh", "-c", "ls "+images+"/rdma-[0-9]*.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = strings.TrimSpace(img)
+	name := filepath.Base(img)
+
+	bad := func(dir, setup, want string) {
+		t.Helper()
+		if err := src.Run(ctx, "sh", "-c", fmt.Sprintf("rm -rf %s && cp -a %s %s && cd %s && %s", dir, images, dir, dir, setup)); err != nil {
+			t.Fatal(err)
+		}
+		o, err := src.Output(ctx, "migros", "restore", "--images", dir)
+		if err == nil || !strings.Contains(err.Error()+o, want) {
+			t.Errorf("restore of %s (%s): %v\n%s\nwant an error with %q", dir, setup, err, o, want)
+		}
+		if src.Run(ctx, "test", "-e", dir+"/restore.log") == nil {
+			t.Errorf("restore of %s (%s) got as far as CRIU", dir, setup)
+		}
+	}
+	// One byte flipped in the middle of the RDMA image.
+	bad("/tmp/bad-corrupt", fmt.Sprintf(`n=$(stat -c %%s %s); printf '\377' | dd of=%s bs=1 seek=$((n/2)) conv=notrunc 2>/dev/null`, name, name), "checksum")
+	bad("/tmp/bad-truncated", fmt.Sprintf("truncate -s 100 %s", name), "checksum")
+	// The source still runs on src: its QPN and MR keys are taken.
+	bad("/tmp/bad-collision", "true", "already taken")
+
+	// dst without an RDMA device.
+	copyImages(ctx, t, src, dst, images)
+	if o, err := dst.Output(ctx, "rdma", "link", "delete", "rxe0"); err != nil {
+		t.Fatalf("rdma link delete: %v\n%s", err, o)
+	}
+	o, rerr := dst.Output(ctx, "migros", "restore", "--images", images)
+	if o2, err := dst.Output(ctx, "rdma", "link", "add", "rxe0", "type", "rxe", "netdev", "eth0"); err != nil {
+		t.Fatalf("rdma link add: %v\n%s", err, o2)
+	}
+	if rerr == nil || !strings.Contains(rerr.Error()+o, "/dev/infiniband/uverbs0") {
+		t.Errorf("restore on a host without the device: %v\n%s", rerr, o)
+	}
+
+	waitOK(t, "the stream after the failed restores", server, serverOut, 2*time.Minute)
+	if s := serverOut.String(); !strings.Contains(s, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("server did not check every message:\n%s", s)
+	}
+}

@@ -1,0 +1,584 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package criu
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/image"
+	"github.com/migros/migros/rdma/verbs"
+)
+
+// ErrUnsupported is something in an image that restore cannot rebuild.
+var ErrUnsupported = errors.New("not supported by MigrOS restore")
+
+// placeholders are what the plugin left in a restored task: memfds at the
+// fd numbers of its uverbs files (by CRIU file id) and of its event files,
+// and the memfd its ring VMAs were mapped from.
+type placeholders struct {
+	uverbs map[int]int // CRIU file id -> fd
+	events map[int]int // fd -> CRIU file id
+	vma    []int
+}
+
+func findPlaceholders(pid int) (placeholders, error) {
+	p := placeholders{uverbs: map[int]int{}, events: map[int]int{}}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return p, fmt.Errorf("criu: %w", err)
+	}
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		name := strings.TrimSuffix(strings.TrimPrefix(target, "/memfd:"), " (deleted)")
+		var id int
+		switch {
+		case name == target:
+		case name == "migros-vma":
+			p.vma = append(p.vma, fd)
+		case scan(name, "migros-uverbs-%d", &id):
+			p.uverbs[id] = fd
+		case scan(name, "migros-event-%d", &id):
+			p.events[fd] = id
+		}
+	}
+	return p, nil
+}
+
+func scan(s, format string, id *int) bool {
+	n, err := fmt.Sscanf(s, format, id)
+	return n == 1 && err == nil
+}
+
+// readImage reads CRIU file id's RDMA image from the images directory.
+func readImage(dir *os.File, id int) (*image.Context, error) {
+	fd, err := unix.Openat(int(dir.Fd()), image.FileName(id), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("criu: %s: %w", image.FileName(id), err)
+	}
+	f := os.NewFile(uintptr(fd), image.FileName(id))
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("criu: %s: %w", image.FileName(id), err)
+	}
+	img, err := image.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("criu: %s: %w", image.FileName(id), err)
+	}
+	return img, nil
+}
+
+// Restore rebuilds the RDMA state of process pid, which CRIU has restored
+// and holds stopped, from the images in dir; e runs system calls in it.
+// The process opens its devices and creates every object itself, with its
+// original IDs and handles, maps its rings where they were and gets every
+// descriptor back at its number; then its QPs resume and tell their peers
+// where they now are.
+func Restore(pid int, dir *os.File, e *Executor) (err error) {
+	ph, err := findPlaceholders(pid)
+	if err != nil {
+		return err
+	}
+	if len(ph.uverbs) == 0 {
+		return fmt.Errorf("criu: process %d has no uverbs placeholder to restore", pid)
+	}
+	t, err := openTask(pid, e)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	a, err := newRemoteArena(t, 1<<16)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, a.close()) }()
+
+	ids := make([]int, 0, len(ph.uverbs))
+	for id := range ph.uverbs {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	var done []*rdma.Context
+	defer func() {
+		for _, c := range done {
+			c.Close()
+		}
+	}()
+	for _, id := range ids {
+		img, err := readImage(dir, id)
+		if err != nil {
+			return err
+		}
+		if img.FD != ph.uverbs[id] {
+			return fmt.Errorf("criu: image %s is for fd %d, its placeholder is fd %d", image.FileName(id), img.FD, ph.uverbs[id])
+		}
+		c, err := restoreContext(t, a, img)
+		if c != nil {
+			done = append(done, c)
+		}
+		if err != nil {
+			return fmt.Errorf("criu: restoring %s of process %d: %w", img.Device, pid, err)
+		}
+	}
+	for _, fd := range ph.vma {
+		if _, err := t.call("close of the ring placeholder", unix.SYS_CLOSE, uint64(fd)); err != nil {
+			return err
+		}
+	}
+	for _, c := range done {
+		if _, err := c.Resume(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// libibverbs (rdma-core 44, x86_64) structures the process keeps, at the
+// addresses its uverbs objects carry as user_handle. Restore reads them
+// to learn what the kernel does not say: which completion channel a CQ
+// uses and which descriptor is the context's async event file.
+const (
+	ibvCQContext   = 0   // struct ibv_cq: context
+	ibvCQChannel   = 8   // channel
+	ibvCQHandle    = 24  // handle
+	ibvChannelFD   = 8   // struct ibv_comp_channel: fd
+	ibvQPContext   = 0   // struct ibv_qp: context
+	ibvQPNum       = 52  // qp_num
+	ibvCtxCmdFD    = 264 // struct ibv_context: cmd_fd, after device and 32 ops
+	ibvCtxAsyncFD  = 268
+	ibvCtxReadSize = 272
+)
+
+// appFDs finds, in the process' libibverbs structures, the async event fd
+// of the context of img and the completion channel fd of each CQ (by
+// handle; absent if none).
+func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, err error) {
+	u64 := func(addr uint64) (uint64, error) {
+		b, err := t.read(addr, 8)
+		if err != nil {
+			return 0, err
+		}
+		return binary.LittleEndian.Uint64(b), nil
+	}
+	u32 := func(addr uint64) (uint32, error) {
+		v, err := u64(addr)
+		return uint32(v), err
+	}
+	o := img.Objects
+	channels = map[uint32]int{}
+	var ctxAddr uint64
+	for _, cq := range o.CQs {
+		if h, err := u32(cq.UserHandle + ibvCQHandle); err != nil || h != cq.Handle {
+			return -1, nil, fmt.Errorf("%w: the ibv_cq at %#x has handle %d, not %d (not libibverbs' layout?): %v",
+				ErrUnsupported, cq.UserHandle, h, cq.Handle, err)
+		}
+		if ctxAddr, err = u64(cq.UserHandle + ibvCQContext); err != nil {
+			return -1, nil, err
+		}
+		ch, err := u64(cq.UserHandle + ibvCQChannel)
+		if err != nil {
+			return -1, nil, err
+		}
+		if ch != 0 {
+			fd, err := u32(ch + ibvChannelFD)
+			if err != nil {
+				return -1, nil, err
+			}
+			channels[cq.Handle] = int(int32(fd))
+		}
+	}
+	for _, qp := range o.QPs {
+		if n, err := u32(qp.UserHandle + ibvQPNum); err != nil || n != qp.QPN {
+			return -1, nil, fmt.Errorf("%w: the ibv_qp at %#x has QPN %#x, not %#x (not libibverbs' layout?): %v",
+				ErrUnsupported, qp.UserHandle, n, qp.QPN, err)
+		}
+		if ctxAddr == 0 {
+			if ctxAddr, err = u64(qp.UserHandle + ibvQPContext); err != nil {
+				return -1, nil, err
+			}
+		}
+	}
+	if ctxAddr == 0 {
+		return -1, nil, fmt.Errorf("%w: a context with neither CQ nor QP", ErrUnsupported)
+	}
+	b, err := t.read(ctxAddr, ibvCtxReadSize)
+	if err != nil {
+		return -1, nil, err
+	}
+	if cmd := int(int32(binary.LittleEndian.Uint32(b[ibvCtxCmdFD:]))); cmd != img.FD {
+		return -1, nil, fmt.Errorf("%w: the ibv_context at %#x has cmd_fd %d, not %d (not libibverbs' layout?)",
+			ErrUnsupported, ctxAddr, cmd, img.FD)
+	}
+	return int(int32(binary.LittleEndian.Uint32(b[ibvCtxAsyncFD:]))), channels, nil
+}
+
+// replay is the sequence of modify_qp calls that takes a new QP to the
+// dumped QP's IB state with its attributes.
+func replay(q rdma.QPDump) ([]verbs.QPAttr, error) {
+	const (
+		rc, uc, ud = 2, 3, 4
+		reset      = 0
+		rts        = 3
+	)
+	if q.QPState > rts {
+		return nil, fmt.Errorf("%w: QP %#x in IB state %d", ErrUnsupported, q.QPN, q.QPState)
+	}
+	if q.QPType != rc && q.QPType != uc && q.QPType != ud {
+		return nil, fmt.Errorf("%w: QP %#x of type %d", ErrUnsupported, q.QPN, q.QPType)
+	}
+	init := verbs.QPAttr{Mask: verbs.QPState | verbs.QPPKeyIndex | verbs.QPPort, State: 1,
+		PKeyIndex: q.PKeyIndex, PortNum: q.PortNum}
+	if q.QPType == ud {
+		init.Mask |= verbs.QPQKey
+		init.QKey = q.QKey
+	} else {
+		init.Mask |= verbs.QPAccessFlags
+		init.AccessFlags = q.AccessFlags
+	}
+	rtr := verbs.QPAttr{Mask: verbs.QPState, State: 2}
+	if q.QPType != ud {
+		rtr.Mask |= verbs.QPAV | verbs.QPPathMTU | verbs.QPDestQPN | verbs.QPRQPSN
+		rtr.PathMTU, rtr.DestQPN, rtr.RQPSN = uint8(q.PathMTU), q.DestQPN, q.RQPSN
+		rtr.DGID, rtr.FlowLabel, rtr.SGIDIndex = q.AV.DGID, q.AV.FlowLabel, q.AV.SGIDIndex
+		rtr.HopLimit, rtr.TrafficClass, rtr.PortNum = q.AV.HopLimit, q.AV.TrafficClass, q.PortNum
+	}
+	if q.QPType == rc {
+		rtr.Mask |= verbs.QPMaxDestRDAtom | verbs.QPMinRNRTimer
+		rtr.MaxDestRDAtomic, rtr.MinRNRTimer = q.MaxDestRDAtomic, q.MinRNRTimer
+	}
+	rts2 := verbs.QPAttr{Mask: verbs.QPState | verbs.QPSQPSN, State: 3, SQPSN: q.SQPSN}
+	if q.QPType == rc {
+		rts2.Mask |= verbs.QPTimeout | verbs.QPRetryCnt | verbs.QPRNRRetry | verbs.QPMaxQPRDAtomic
+		rts2.Timeout, rts2.RetryCnt, rts2.RNRRetry, rts2.MaxRDAtomic = q.Timeout, q.RetryCnt, q.RNRRetry, q.MaxRDAtomic
+	}
+	steps := []verbs.QPAttr{init, rtr, rts2}
+	if q.QPState == reset {
+		return nil, nil
+	}
+	return steps[:q.QPState], nil
+}
+
+// cloexec reports whether the task's fd is close-on-exec (as CRIU restored
+// it on the placeholder).
+func (t *task) cloexec(fd int) (bool, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", t.pid, fd))
+	if err != nil {
+		return false, fmt.Errorf("criu: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "flags:"); ok {
+			f, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			return err == nil && f&unix.O_CLOEXEC != 0, err
+		}
+	}
+	return false, fmt.Errorf("criu: no flags in fdinfo %d of process %d", fd, t.pid)
+}
+
+// moveFD puts the task's descriptor from at to (replacing the placeholder
+// there, keeping its close-on-exec flag) and closes from.
+func (t *task) moveFD(from, to int) error {
+	cloexec, err := t.cloexec(to)
+	if err != nil {
+		return err
+	}
+	var flags uint64
+	if cloexec {
+		flags = unix.O_CLOEXEC
+	}
+	if _, err := t.call(fmt.Sprintf("dup3 of fd %d to %d", from, to), unix.SYS_DUP3, uint64(from), uint64(to), flags); err != nil {
+		return err
+	}
+	_, err = t.call(fmt.Sprintf("close of fd %d", from), unix.SYS_CLOSE, uint64(from))
+	return err
+}
+
+// restoreContext rebuilds one uverbs context of the task from img. The
+// Context it returns (once the device is open) is this process' handle on
+// the task's file, for the driver's migration methods.
+func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context, error) {
+	o := img.Objects
+	if n := len(o.SRQs) + len(o.MWs) + len(o.AHs); n > 0 {
+		return nil, fmt.Errorf("%w yet: %d SRQs, %d MWs, %d AHs", ErrUnsupported, len(o.SRQs), len(o.MWs), len(o.AHs))
+	}
+	asyncFD, channelOf, err := appFDs(t, img)
+	if err != nil {
+		return nil, err
+	}
+
+	// The task opens the device itself: its file must carry the task's
+	// credentials, which the uverbs write() path (librxe's doorbell)
+	// checks.
+	path := append([]byte(img.Device), 0)
+	if err := a.WriteAt(path, 0); err != nil {
+		return nil, err
+	}
+	cwd := int64(unix.AT_FDCWD)
+	nfd, err := t.call("open of "+img.Device, unix.SYS_OPENAT, uint64(cwd), a.Addr(),
+		unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	fd := int(nfd)
+	f, err := t.file(fd, img.Device)
+	if err != nil {
+		return nil, err
+	}
+	c := rdma.FromFile(f, img.FD)
+	dev, newAsync, err := verbs.NewDevice(a, fd)
+	if err != nil {
+		return c, err
+	}
+
+	// Every ID must be free before anything is created.
+	var ids []rdma.ID
+	for _, q := range o.QPs {
+		ids = append(ids, rdma.ID{Type: rdma.IDQP, Index: q.QPN})
+	}
+	for _, m := range o.MRs {
+		ids = append(ids, mrID(m.LKey))
+	}
+	errs, err := c.CheckIDs(ids)
+	if err != nil {
+		return c, err
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+
+	// uverbs gives each new object the lowest free handle of the context.
+	// Fill every handle up to the highest with a PD, then free one
+	// filler at a time just before creating the object that owns it.
+	maxH := -1
+	note := func(h uint32) {
+		if int(h) > maxH {
+			maxH = int(h)
+		}
+	}
+	for _, h := range o.PDs {
+		note(h)
+	}
+	for _, q := range o.CQs {
+		note(q.Handle)
+	}
+	for _, q := range o.QPs {
+		note(q.Handle)
+	}
+	for _, m := range o.MRs {
+		note(m.Handle)
+	}
+	for h := 0; h <= maxH; h++ {
+		got, err := dev.AllocPD()
+		if err != nil {
+			return c, err
+		}
+		if int(got) != h {
+			return c, fmt.Errorf("filler for handle %d got handle %d", h, got)
+		}
+	}
+	free := map[uint32]bool{}
+	at := func(h uint32, what string, create func() (uint32, error)) error {
+		if err := dev.DeallocPD(h); err != nil {
+			return err
+		}
+		free[h] = true
+		got, err := create()
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if got != h {
+			return fmt.Errorf("%s got handle %d, want %d", what, got, h)
+		}
+		delete(free, h)
+		return nil
+	}
+
+	for _, h := range o.PDs {
+		if err := at(h, fmt.Sprintf("PD %d", h), dev.AllocPD); err != nil {
+			return c, err
+		}
+	}
+	newChannel := map[int]int{} // the process' channel fd -> the new one
+	queues := map[string]verbs.MMInfo{}
+	ring := func(kind string, h uint32) string { return fmt.Sprintf("%s %d", kind, h) }
+	for _, q := range o.CQs {
+		ch := int32(-1)
+		if old, ok := channelOf[q.Handle]; ok {
+			if _, ok := newChannel[old]; !ok {
+				n, err := dev.CreateCompChannel()
+				if err != nil {
+					return c, err
+				}
+				newChannel[old] = n
+			}
+			ch = int32(newChannel[old])
+		}
+		err := at(q.Handle, fmt.Sprintf("CQ %d", q.Handle), func() (uint32, error) {
+			cq, err := dev.CreateCQ(q.UserHandle, q.CQE, ch)
+			queues[ring("cq", q.Handle)] = cq.Queue
+			return cq.Handle, err
+		})
+		if err != nil {
+			return c, err
+		}
+	}
+	for _, q := range o.QPs {
+		if err := c.SetHint(rdma.ID{Type: rdma.IDQP, Index: q.QPN}); err != nil {
+			return c, err
+		}
+		init := verbs.QPInit{UserHandle: q.UserHandle, PD: q.PDHandle, SendCQ: q.SendCQHandle, RecvCQ: q.RecvCQHandle,
+			MaxSendWR: q.MaxSendWR, MaxRecvWR: q.MaxRecvWR, MaxSendSGE: q.MaxSendSGE, MaxRecvSGE: q.MaxRecvSGE,
+			MaxInlineData: q.MaxInlineData, SQSigAll: q.SQSigAll != 0, Type: uint8(q.QPType)}
+		var qp verbs.QP
+		err := at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), func() (uint32, error) {
+			var err error
+			qp, err = dev.CreateQP(init)
+			return qp.Handle, err
+		})
+		if err != nil {
+			return c, err
+		}
+		if qp.QPN != q.QPN {
+			return c, fmt.Errorf("QP %#x was created as %#x", q.QPN, qp.QPN)
+		}
+		queues[ring("sq", q.Handle)], queues[ring("rq", q.Handle)] = qp.SQ, qp.RQ
+		steps, err := replay(q.QPDump)
+		if err != nil {
+			return c, err
+		}
+		for _, s := range steps {
+			if err := dev.ModifyQP(q.Handle, s); err != nil {
+				return c, err
+			}
+		}
+	}
+	for _, m := range o.MRs {
+		if err := c.SetHint(mrID(m.LKey)); err != nil {
+			return c, err
+		}
+		var mr verbs.MR
+		err := at(m.Handle, fmt.Sprintf("MR %#x", m.LKey), func() (uint32, error) {
+			var err error
+			mr, err = dev.RegMR(m.PDHandle, m.Start, m.Length, m.IOVA, m.Access)
+			return mr.Handle, err
+		})
+		if err != nil {
+			return c, err
+		}
+		if mr.LKey != m.LKey || mr.RKey != m.RKey {
+			return c, fmt.Errorf("MR %#x/%#x was registered as %#x/%#x", m.LKey, m.RKey, mr.LKey, mr.RKey)
+		}
+	}
+	if len(free) > 0 {
+		return c, fmt.Errorf("handles %v freed but not reused", free)
+	}
+	for h := 0; h <= maxH; h++ {
+		if !used(o, uint32(h)) {
+			if err := dev.DeallocPD(uint32(h)); err != nil {
+				return c, err
+			}
+		}
+	}
+
+	// Rings: the new queue buffers go where the process has them mapped,
+	// with the dumped contents.
+	for _, r := range img.Rings {
+		q, ok := queues[ring(r.Kind, r.Handle)]
+		if !ok {
+			return c, fmt.Errorf("image has a %s ring of handle %d, which has no such queue", r.Kind, r.Handle)
+		}
+		// The driver hands out whole pages.
+		if page := uint64(os.Getpagesize()); uint64(q.Size) != (uint64(len(r.Data))+page-1)/page*page {
+			return c, fmt.Errorf("%s ring of handle %d: %d bytes recreated, %d dumped", r.Kind, r.Handle, q.Size, len(r.Data))
+		}
+		va, err := t.call(fmt.Sprintf("mmap of the %s of handle %d", r.Kind, r.Handle), unix.SYS_MMAP, r.VA, uint64(q.Size),
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED, uint64(fd), q.Offset)
+		if err != nil {
+			return c, err
+		}
+		if va != r.VA {
+			return c, fmt.Errorf("%s ring of handle %d mapped at %#x, not %#x", r.Kind, r.Handle, va, r.VA)
+		}
+		if err := t.write(r.VA, r.Data); err != nil {
+			return c, err
+		}
+	}
+
+	// The driver's own state: it stays Stopped until resumed. Then the
+	// core's event counts, and the completion events the process had not
+	// read yet, queued again on its (new) channels.
+	for _, q := range o.CQs {
+		if err := c.RestoreCQ(q.Handle, q.CQDump); err != nil {
+			return c, err
+		}
+		if err := c.RestoreEvents(rdma.ObjCQ, q.Handle, q.Events); err != nil {
+			return c, err
+		}
+	}
+	for _, q := range o.QPs {
+		if err := c.StopQP(q.Handle); err != nil {
+			return c, err
+		}
+		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes); err != nil {
+			return c, err
+		}
+		if err := c.RestoreEvents(rdma.ObjQP, q.Handle, q.Events); err != nil {
+			return c, err
+		}
+	}
+
+	// Every descriptor at its number.
+	if err := t.moveFD(fd, img.FD); err != nil {
+		return c, err
+	}
+	if err := t.moveFD(newAsync, asyncFD); err != nil {
+		return c, err
+	}
+	for old, n := range newChannel {
+		if err := t.moveFD(n, old); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+func mrID(lkey uint32) rdma.ID {
+	return rdma.ID{Type: rdma.IDMR, Index: lkey >> 8, Key: uint8(lkey), HasKey: true}
+}
+
+// used says whether handle h belongs to an object of o.
+func used(o *rdma.ContextDump, h uint32) bool {
+	for _, p := range o.PDs {
+		if p == h {
+			return true
+		}
+	}
+	for _, q := range o.CQs {
+		if q.Handle == h {
+			return true
+		}
+	}
+	for _, q := range o.QPs {
+		if q.Handle == h {
+			return true
+		}
+	}
+	for _, m := range o.MRs {
+		if m.Handle == h {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package criu
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/verbs"
+)
+
+// fakePlugin answers executor requests as the CRIU plugin does, running
+// them in this process, over a SOCK_SEQPACKET pair.
+func fakePlugin(t *testing.T) *Executor {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "migros"), os.NewFile(uintptr(fds[1]), "plugin")
+	t.Cleanup(func() { ours.Close() })
+	go func() {
+		defer theirs.Close()
+		var req [56]byte
+		for {
+			if n, err := theirs.Read(req[:]); err != nil || n != len(req) {
+				return
+			}
+			le := binary.LittleEndian
+			var a [6]uintptr
+			for i := range a {
+				a[i] = uintptr(le.Uint64(req[8+8*i:]))
+			}
+			r, _, errno := unix.Syscall6(uintptr(le.Uint64(req[:])), a[0], a[1], a[2], a[3], a[4], a[5])
+			ret := int64(r)
+			if errno != 0 {
+				ret = -int64(errno)
+			}
+			if _, err := theirs.Write(le.AppendUint64(nil, uint64(ret))); err != nil {
+				return
+			}
+		}
+	}()
+	return NewExecutor(ours)
+}
+
+func TestExecutor(t *testing.T) {
+	e := fakePlugin(t)
+	pid, err := e.Syscall(unix.SYS_GETPID)
+	if err != nil || int(pid) != os.Getpid() {
+		t.Errorf("getpid: %d, %v; want %d", pid, err, os.Getpid())
+	}
+	if _, err := e.Syscall(unix.SYS_CLOSE, 1<<20); !errors.Is(err, unix.EBADF) {
+		t.Errorf("close of a bad fd: %v, want EBADF", err)
+	}
+	if _, err := e.Syscall(unix.SYS_GETPID, 1, 2, 3, 4, 5, 6, 7); !errors.Is(err, ErrExecutor) {
+		t.Errorf("7 arguments: %v", err)
+	}
+
+	// An arena "in the task" (here: this process) moves bytes and runs
+	// ioctls there.
+	tk, err := openTask(os.Getpid(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tk.close()
+	a, err := newRemoteArena(tk, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WriteAt([]byte("migros"), 100); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 6)
+	if err := a.ReadAt(b, 100); err != nil || string(b) != "migros" {
+		t.Errorf("arena read back %q, %v", b, err)
+	}
+	if err := a.WriteAt(b, 4093); err == nil {
+		t.Error("a write past the arena's end succeeded")
+	}
+	if _, errno := a.Ioctl(1<<20, 0, 0); errno != syscall.EBADF {
+		t.Errorf("ioctl on a bad fd: %v", errno)
+	}
+	if err := a.close(); err != nil {
+		t.Error(err)
+	}
+
+	// A dead plugin is an executor error, not an errno of the call.
+	e.conn.(*os.File).Close()
+	if _, err := e.Syscall(unix.SYS_GETPID); !errors.Is(err, ErrExecutor) {
+		t.Errorf("call after the plugin went away: %v", err)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	rc := rdma.QPDump{QPN: 0x11, QPType: 2, QPState: 3, PKeyIndex: 0, PortNum: 1, AccessFlags: 7, PathMTU: 3,
+		DestQPN: 0x12, RQPSN: 100, SQPSN: 200, MaxDestRDAtomic: 4, MaxRDAtomic: 2, MinRNRTimer: 12,
+		Timeout: 14, RetryCnt: 7, RNRRetry: 6, AV: rdma.AV{SGIDIndex: 1, HopLimit: 64, DGID: [16]byte{15: 9}}}
+	ud := rdma.QPDump{QPN: 0x20, QPType: 4, QPState: 3, QKey: 0x11111111, SQPSN: 5, PortNum: 1}
+	rtr := rc
+	rtr.QPState = 2
+	for _, tc := range []struct {
+		name  string
+		q     rdma.QPDump
+		steps []verbs.QPAttr
+		err   bool
+	}{
+		{name: "RC in RTS", q: rc, steps: []verbs.QPAttr{
+			{Mask: verbs.QPState | verbs.QPPKeyIndex | verbs.QPPort | verbs.QPAccessFlags, State: 1, PortNum: 1, AccessFlags: 7},
+			{Mask: verbs.QPState | verbs.QPAV | verbs.QPPathMTU | verbs.QPDestQPN | verbs.QPRQPSN | verbs.QPMaxDestRDAtom | verbs.QPMinRNRTimer,
+				State: 2, PathMTU: 3, DestQPN: 0x12, RQPSN: 100, MaxDestRDAtomic: 4, MinRNRTimer: 12,
+				DGID: rc.AV.DGID, SGIDIndex: 1, HopLimit: 64, PortNum: 1},
+			{Mask: verbs.QPState | verbs.QPSQPSN | verbs.QPTimeout | verbs.QPRetryCnt | verbs.QPRNRRetry | verbs.QPMaxQPRDAtomic,
+				State: 3, SQPSN: 200, Timeout: 14, RetryCnt: 7, RNRRetry: 6, MaxRDAtomic: 2},
+		}},
+		{name: "RC in RTR stops there", q: rtr, steps: nil},
+		{name: "UD in RTS", q: ud, steps: []verbs.QPAttr{
+			{Mask: verbs.QPState | verbs.QPPKeyIndex | verbs.QPPort | verbs.QPQKey, State: 1, PortNum: 1, QKey: 0x11111111},
+			{Mask: verbs.QPState, State: 2},
+			{Mask: verbs.QPState | verbs.QPSQPSN, State: 3, SQPSN: 5},
+		}},
+		{name: "reset", q: rdma.QPDump{QPType: 2}, steps: nil},
+		{name: "error state", q: rdma.QPDump{QPType: 2, QPState: 6}, err: true},
+		{name: "XRC", q: rdma.QPDump{QPType: 9, QPState: 3}, err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := replay(tc.q)
+			if tc.err {
+				if !errors.Is(err, ErrUnsupported) {
+					t.Fatalf("err %v, want ErrUnsupported", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.steps == nil && tc.q.QPState == 2 {
+				if len(got) != 2 || got[1].State != 2 {
+					t.Fatalf("RTR: %+v", got)
+				}
+				return
+			}
+			if len(got) != len(tc.steps) {
+				t.Fatalf("%d steps, want %d: %+v", len(got), len(tc.steps), got)
+			}
+			for i := range got {
+				if got[i] != tc.steps[i] {
+					t.Errorf("step %d:\n got %+v\nwant %+v", i, got[i], tc.steps[i])
+				}
+			}
+		})
+	}
+}
