@@ -296,3 +296,35 @@ func TestRestoreBadCases(t *testing.T) {
 		t.Fatalf("server did not check every message:\n%s", s)
 	}
 }
+
+// move checkpoints process pid on from (killing it) and restores it on to,
+// with its output file out.
+func move(ctx context.Context, t *testing.T, from, to *lab.Guest, pid, out, images string) {
+	t.Helper()
+	checkpointKill(ctx, t, from, pid, images)
+	copyImages(ctx, t, from, to, images)
+	copyBetween(ctx, t, from, to, out)
+	restore(ctx, t, to, images, pid)
+}
+
+// Ten consecutive moves, src -> dst -> src ..., of an ibv_rc_pingpong
+// that checks every buffer, while its peer keeps exchanging with it: both
+// finish every exchange.
+func TestRestoreTenMoves(t *testing.T) {
+	ctx := testContext(t, 12*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const out, iters = "/tmp/hops-pp.out", "20000"
+	argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters}
+	server, serverOut := serve(ctx, t, peer, argv...)
+	pid := detached(ctx, t, src, out, 30000, append(argv, peer.Addr())...)
+	hosts := []*lab.Guest{src, dst}
+	for hop := 0; hop < 10; hop++ {
+		time.Sleep(time.Second) // some exchanges between moves
+		from, to := hosts[hop%2], hosts[(hop+1)%2]
+		start := time.Now()
+		move(ctx, t, from, to, pid, out, fmt.Sprintf("/tmp/hop-%d", hop))
+		t.Logf("move %d %s -> %s: %v", hop+1, from.Name, to.Name, time.Since(start).Round(time.Millisecond))
+	}
+	// After ten moves the process is back on src.
+	pingpongDone(ctx, t, server, serverOut, src, pid, out, iters)
+}

@@ -31,7 +31,8 @@ func sameFile(fd int, pid, tfd int) bool {
 }
 
 // Owner finds the process that has the open file f (a uverbs file CRIU
-// passed us) and its descriptor number there.
+// passed us) and its descriptor number there. CRIU, our parent, holds the
+// file too and is not its owner.
 func Owner(f *os.File) (pid, fd int, err error) {
 	procs, err := filepath.Glob("/proc/[0-9]*/fd")
 	if err != nil {
@@ -39,7 +40,7 @@ func Owner(f *os.File) (pid, fd int, err error) {
 	}
 	for _, dir := range procs {
 		p, _ := strconv.Atoi(strings.Split(dir, "/")[2])
-		if p == os.Getpid() {
+		if p == os.Getpid() || p == os.Getppid() {
 			continue
 		}
 		ents, err := os.ReadDir(dir)
