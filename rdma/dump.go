@@ -480,3 +480,55 @@ func (c *Context) Dump() (*ContextDump, error) {
 	}
 	return d, nil
 }
+
+// IDs are the object numbers of d that peers or the process know, which a
+// restore must get back: QPNs, MR and MW keys, SRQ and AH numbers.
+func (d *ContextDump) IDs() []ID {
+	var ids []ID
+	for _, q := range d.QPs {
+		ids = append(ids, ID{Type: IDQP, Index: q.QPN})
+	}
+	for _, s := range d.SRQs {
+		ids = append(ids, ID{Type: IDSRQ, Index: s.SRQNum})
+	}
+	for _, m := range d.MRs {
+		ids = append(ids, KeyID(IDMR, m.LKey))
+	}
+	for _, w := range d.MWs {
+		ids = append(ids, KeyID(IDMW, w.RKey))
+	}
+	for _, a := range d.AHs {
+		ids = append(ids, ID{Type: IDAH, Index: a.AHNum})
+	}
+	return ids
+}
+
+// KeyID is the ID of an MR (by lkey) or MW (by rkey): its index and key
+// byte.
+func KeyID(t IDType, key uint32) ID {
+	return ID{Type: t, Index: key >> 8, Key: uint8(key), HasKey: true}
+}
+
+// AllHandles lists the uverbs handle of every object of d.
+func (d *ContextDump) AllHandles() []uint32 {
+	hs := append([]uint32(nil), d.PDs...)
+	for _, o := range d.CQs {
+		hs = append(hs, o.Handle)
+	}
+	for _, o := range d.SRQs {
+		hs = append(hs, o.Handle)
+	}
+	for _, o := range d.QPs {
+		hs = append(hs, o.Handle)
+	}
+	for _, o := range d.MRs {
+		hs = append(hs, o.Handle)
+	}
+	for _, o := range d.MWs {
+		hs = append(hs, o.Handle)
+	}
+	for _, o := range d.AHs {
+		hs = append(hs, o.Handle)
+	}
+	return hs
+}

@@ -225,6 +225,29 @@ func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, er
 	return int(int32(binary.LittleEndian.Uint32(b[ibvCtxAsyncFD:]))), channels, nil
 }
 
+// Restorable says whether restore can rebuild everything in img, so that
+// what it cannot is refused before anything is created.
+func Restorable(img *image.Context) error {
+	var errs []error
+	for _, q := range img.Objects.QPs {
+		if q.QPType != qpRC {
+			errs = append(errs, fmt.Errorf("%w yet: QP %#x is of type %d; only RC QPs take part in the protocol",
+				ErrUnsupported, q.QPN, q.QPType))
+		}
+		if _, err := replay(q.QPDump); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, w := range img.Objects.MWs {
+		if w.MRLKey != 0 || w.QPN != 0 {
+			errs = append(errs, fmt.Errorf("%w yet: MW %#x is bound", ErrUnsupported, w.RKey))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+const qpRC = 2 // IB_QPT_RC
+
 // replay is the sequence of modify_qp calls that takes a new QP to the
 // dumped QP's IB state with its attributes.
 func replay(q rdma.QPDump) ([]verbs.QPAttr, error) {
@@ -310,8 +333,8 @@ func (t *task) moveFD(from, to int) error {
 // the task's file, for the driver's migration methods.
 func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context, error) {
 	o := img.Objects
-	if n := len(o.SRQs) + len(o.MWs) + len(o.AHs); n > 0 {
-		return nil, fmt.Errorf("%w yet: %d SRQs, %d MWs, %d AHs", ErrUnsupported, len(o.SRQs), len(o.MWs), len(o.AHs))
+	if err := Restorable(img); err != nil {
+		return nil, err
 	}
 	asyncFD, channelOf, err := appFDs(t, img)
 	if err != nil {
@@ -343,14 +366,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	}
 
 	// Every ID must be free before anything is created.
-	var ids []rdma.ID
-	for _, q := range o.QPs {
-		ids = append(ids, rdma.ID{Type: rdma.IDQP, Index: q.QPN})
-	}
-	for _, m := range o.MRs {
-		ids = append(ids, mrID(m.LKey))
-	}
-	errs, err := c.CheckIDs(ids)
+	errs, err := c.CheckIDs(o.IDs())
 	if err != nil {
 		return c, err
 	}
@@ -361,23 +377,12 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	// uverbs gives each new object the lowest free handle of the context.
 	// Fill every handle up to the highest with a PD, then free one
 	// filler at a time just before creating the object that owns it.
+	handles := o.AllHandles()
 	maxH := -1
-	note := func(h uint32) {
-		if int(h) > maxH {
-			maxH = int(h)
-		}
-	}
-	for _, h := range o.PDs {
-		note(h)
-	}
-	for _, q := range o.CQs {
-		note(q.Handle)
-	}
-	for _, q := range o.QPs {
-		note(q.Handle)
-	}
-	for _, m := range o.MRs {
-		note(m.Handle)
+	owned := map[uint32]bool{}
+	for _, h := range handles {
+		owned[h] = true
+		maxH = max(maxH, int(h))
 	}
 	for h := 0; h <= maxH; h++ {
 		got, err := dev.AllocPD()
@@ -388,12 +393,16 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, fmt.Errorf("filler for handle %d got handle %d", h, got)
 		}
 	}
-	free := map[uint32]bool{}
-	at := func(h uint32, what string, create func() (uint32, error)) error {
+	// at creates the object of handle h, with its ID hint if it has one.
+	at := func(h uint32, what string, hint *rdma.ID, create func() (uint32, error)) error {
 		if err := dev.DeallocPD(h); err != nil {
 			return err
 		}
-		free[h] = true
+		if hint != nil {
+			if err := c.SetHint(*hint); err != nil {
+				return err
+			}
+		}
 		got, err := create()
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
@@ -401,12 +410,11 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if got != h {
 			return fmt.Errorf("%s got handle %d, want %d", what, got, h)
 		}
-		delete(free, h)
 		return nil
 	}
 
 	for _, h := range o.PDs {
-		if err := at(h, fmt.Sprintf("PD %d", h), dev.AllocPD); err != nil {
+		if err := at(h, fmt.Sprintf("PD %d", h), nil, dev.AllocPD); err != nil {
 			return c, err
 		}
 	}
@@ -425,7 +433,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			}
 			ch = int32(newChannel[old])
 		}
-		err := at(q.Handle, fmt.Sprintf("CQ %d", q.Handle), func() (uint32, error) {
+		err := at(q.Handle, fmt.Sprintf("CQ %d", q.Handle), nil, func() (uint32, error) {
 			cq, err := dev.CreateCQ(q.UserHandle, q.CQE, ch)
 			queues[ring("cq", q.Handle)] = cq.Queue
 			return cq.Handle, err
@@ -434,15 +442,32 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 	}
-	for _, q := range o.QPs {
-		if err := c.SetHint(rdma.ID{Type: rdma.IDQP, Index: q.QPN}); err != nil {
+	for _, s := range o.SRQs {
+		id := rdma.ID{Type: rdma.IDSRQ, Index: s.SRQNum}
+		var srq verbs.SRQ
+		err := at(s.Handle, fmt.Sprintf("SRQ %#x", s.SRQNum), &id, func() (uint32, error) {
+			var err error
+			srq, err = dev.CreateSRQ(s.UserHandle, s.PDHandle, s.MaxWR, s.MaxSGE, s.Limit)
+			return srq.Handle, err
+		})
+		if err != nil {
 			return c, err
 		}
+		if srq.SRQNum != s.SRQNum {
+			return c, fmt.Errorf("SRQ %#x was created as %#x", s.SRQNum, srq.SRQNum)
+		}
+		queues[ring("srq", s.Handle)] = srq.Queue
+	}
+	for _, q := range o.QPs {
 		init := verbs.QPInit{UserHandle: q.UserHandle, PD: q.PDHandle, SendCQ: q.SendCQHandle, RecvCQ: q.RecvCQHandle,
 			MaxSendWR: q.MaxSendWR, MaxRecvWR: q.MaxRecvWR, MaxSendSGE: q.MaxSendSGE, MaxRecvSGE: q.MaxRecvSGE,
 			MaxInlineData: q.MaxInlineData, SQSigAll: q.SQSigAll != 0, Type: uint8(q.QPType)}
+		if q.SRQHandle != rdma.NoHandle {
+			init.SRQ, init.UseSRQ = q.SRQHandle, true
+		}
+		id := rdma.ID{Type: rdma.IDQP, Index: q.QPN}
 		var qp verbs.QP
-		err := at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), func() (uint32, error) {
+		err := at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), &id, func() (uint32, error) {
 			var err error
 			qp, err = dev.CreateQP(init)
 			return qp.Handle, err
@@ -465,11 +490,9 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		}
 	}
 	for _, m := range o.MRs {
-		if err := c.SetHint(mrID(m.LKey)); err != nil {
-			return c, err
-		}
+		id := rdma.KeyID(rdma.IDMR, m.LKey)
 		var mr verbs.MR
-		err := at(m.Handle, fmt.Sprintf("MR %#x", m.LKey), func() (uint32, error) {
+		err := at(m.Handle, fmt.Sprintf("MR %#x", m.LKey), &id, func() (uint32, error) {
 			var err error
 			mr, err = dev.RegMR(m.PDHandle, m.Start, m.Length, m.IOVA, m.Access)
 			return mr.Handle, err
@@ -481,11 +504,40 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, fmt.Errorf("MR %#x/%#x was registered as %#x/%#x", m.LKey, m.RKey, mr.LKey, mr.RKey)
 		}
 	}
-	if len(free) > 0 {
-		return c, fmt.Errorf("handles %v freed but not reused", free)
+	for _, w := range o.MWs {
+		id := rdma.KeyID(rdma.IDMW, w.RKey)
+		var mw verbs.MW
+		err := at(w.Handle, fmt.Sprintf("MW %#x", w.RKey), &id, func() (uint32, error) {
+			var err error
+			mw, err = dev.AllocMW(w.PDHandle, uint8(w.Type))
+			return mw.Handle, err
+		})
+		if err != nil {
+			return c, err
+		}
+		if mw.RKey != w.RKey {
+			return c, fmt.Errorf("MW %#x was allocated as %#x", w.RKey, mw.RKey)
+		}
+	}
+	for _, ah := range o.AHs {
+		id := rdma.ID{Type: rdma.IDAH, Index: ah.AHNum}
+		attr := verbs.AHAttr{DGID: ah.AV.DGID, FlowLabel: ah.AV.FlowLabel, SGIDIndex: ah.AV.SGIDIndex,
+			HopLimit: ah.AV.HopLimit, TrafficC: ah.AV.TrafficClass, PortNum: ah.AV.PortNum}
+		var got verbs.AH
+		err := at(ah.Handle, fmt.Sprintf("AH %d", ah.AHNum), &id, func() (uint32, error) {
+			var err error
+			got, err = dev.CreateAH(ah.UserHandle, ah.PDHandle, attr)
+			return got.Handle, err
+		})
+		if err != nil {
+			return c, err
+		}
+		if got.AHNum != ah.AHNum {
+			return c, fmt.Errorf("AH %d was created as %d", ah.AHNum, got.AHNum)
+		}
 	}
 	for h := 0; h <= maxH; h++ {
-		if !used(o, uint32(h)) {
+		if !owned[uint32(h)] {
 			if err := dev.DeallocPD(uint32(h)); err != nil {
 				return c, err
 			}
@@ -527,6 +579,14 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 	}
+	for _, q := range o.SRQs {
+		if err := c.RestoreSRQ(q.Handle, q.SRQDump); err != nil {
+			return c, err
+		}
+		if err := c.RestoreEvents(rdma.ObjSRQ, q.Handle, q.Events); err != nil {
+			return c, err
+		}
+	}
 	for _, q := range o.QPs {
 		if err := c.StopQP(q.Handle); err != nil {
 			return c, err
@@ -552,33 +612,4 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		}
 	}
 	return c, nil
-}
-
-func mrID(lkey uint32) rdma.ID {
-	return rdma.ID{Type: rdma.IDMR, Index: lkey >> 8, Key: uint8(lkey), HasKey: true}
-}
-
-// used says whether handle h belongs to an object of o.
-func used(o *rdma.ContextDump, h uint32) bool {
-	for _, p := range o.PDs {
-		if p == h {
-			return true
-		}
-	}
-	for _, q := range o.CQs {
-		if q.Handle == h {
-			return true
-		}
-	}
-	for _, q := range o.QPs {
-		if q.Handle == h {
-			return true
-		}
-	}
-	for _, m := range o.MRs {
-		if m.Handle == h {
-			return true
-		}
-	}
-	return false
 }

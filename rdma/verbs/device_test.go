@@ -260,3 +260,67 @@ func TestDeviceRestoreState(t *testing.T) {
 		t.Errorf("restore of an impossible arm state: %v", err)
 	}
 }
+
+// An SRQ, an AH and an MW get the numbers and key a hint asks for, and
+// their dumps show what they were created with.
+func TestDeviceHintedSRQAHMW(t *testing.T) {
+	d, c := device(t)
+	pd, err := d.AllocPD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0, err := d.CreateSRQ(0x3333, pd, 16, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s0.Queue.Size == 0 {
+		t.Errorf("SRQ %+v has no queue to map", s0)
+	}
+	srqID := rdma.ID{Type: rdma.IDSRQ, Index: s0.SRQNum + 7}
+	if err := c.SetHint(srqID); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := d.CreateSRQ(0x3334, pd, 16, 1, 4)
+	if err != nil || s1.SRQNum != srqID.Index {
+		t.Fatalf("hinted SRQ %+v, %v; want number %#x", s1, err, srqID.Index)
+	}
+	sd, err := c.DumpSRQ(s1.Handle)
+	if err != nil || sd.UserHandle != 0x3334 || sd.SRQNum != s1.SRQNum || sd.PDHandle != pd || sd.Limit != 4 || sd.Queue.Offset != s1.Queue.Offset {
+		t.Errorf("dump of SRQ %+v, %v", sd, err)
+	}
+
+	g := gid(t)
+	a0, err := d.CreateAH(0x4444, pd, AHAttr{DGID: g, SGIDIndex: 1, HopLimit: 1, PortNum: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahID := rdma.ID{Type: rdma.IDAH, Index: a0.AHNum + 3}
+	if err := c.SetHint(ahID); err != nil {
+		t.Fatal(err)
+	}
+	a1, err := d.CreateAH(0x4445, pd, AHAttr{DGID: g, SGIDIndex: 1, HopLimit: 1, PortNum: 1})
+	if err != nil || a1.AHNum != ahID.Index {
+		t.Fatalf("hinted AH %+v, %v; want number %d", a1, err, ahID.Index)
+	}
+	ad, err := c.DumpAH(a1.Handle)
+	if err != nil || ad.UserHandle != 0x4445 || ad.AHNum != a1.AHNum || ad.AV.DGID != g || ad.AV.SGIDIndex != 1 {
+		t.Errorf("dump of AH %+v, %v", ad, err)
+	}
+
+	w0, err := d.AllocMW(pd, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mwID := rdma.KeyID(rdma.IDMW, w0.RKey+0x500)
+	if err := c.SetHint(mwID); err != nil {
+		t.Fatal(err)
+	}
+	w1, err := d.AllocMW(pd, 2)
+	if err != nil || w1.RKey != w0.RKey+0x500 {
+		t.Fatalf("hinted MW %+v, %v; want rkey %#x", w1, err, w0.RKey+0x500)
+	}
+	wd, err := c.DumpMW(w1.Handle)
+	if err != nil || wd.RKey != w1.RKey || wd.Type != 2 || wd.PDHandle != pd {
+		t.Errorf("dump of MW %+v, %v", wd, err)
+	}
+}

@@ -90,10 +90,13 @@ const (
 	cmdGetContext        = 0
 	cmdAllocPD           = 3
 	cmdDeallocPD         = 4
-	cmdCreateCompChannel = 17
+	cmdCreateAH          = 5
 	cmdRegMR             = 9
+	cmdAllocMW           = 14
+	cmdCreateCompChannel = 17
 	cmdCreateCQ          = 18
 	cmdCreateQP          = 24
+	cmdCreateSRQ         = 32
 )
 
 // Error is a failed command.
@@ -300,6 +303,73 @@ func (d *Device) RegMR(pd uint32, start, length, iova uint64, access uint32) (MR
 		return MR{}, err
 	}
 	return MR{Handle: le.Uint32(out), LKey: le.Uint32(out[4:]), RKey: le.Uint32(out[8:])}, nil
+}
+
+// SRQ is a created shared receive queue.
+type SRQ struct {
+	Handle, SRQNum uint32
+	Queue          MMInfo
+}
+
+// CreateSRQ creates an SRQ of at least maxWR entries of maxSGE elements.
+func (d *Device) CreateSRQ(userHandle uint64, pd, maxWR, maxSGE, limit uint32) (SRQ, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 32)
+	le.PutUint64(in[8:], userHandle)
+	le.PutUint32(in[16:], pd)
+	le.PutUint32(in[20:], maxWR)
+	le.PutUint32(in[24:], maxSGE)
+	le.PutUint32(in[28:], limit)
+	out, uhw := make([]byte, 16), make([]byte, 24)
+	if err := d.invoke("create SRQ", cmdCreateSRQ, in, out, uhw); err != nil {
+		return SRQ{}, err
+	}
+	return SRQ{Handle: le.Uint32(out), SRQNum: le.Uint32(uhw[16:]), Queue: decodeMMInfo(uhw)}, nil
+}
+
+// AHAttr is where an address handle sends.
+type AHAttr struct {
+	DGID                          [16]byte
+	FlowLabel                     uint32
+	SGIDIndex, HopLimit, TrafficC uint8
+	PortNum                       uint8
+}
+
+// AH is a created address handle.
+type AH struct{ Handle, AHNum uint32 }
+
+// CreateAH creates an address handle in PD pd.
+func (d *Device) CreateAH(userHandle uint64, pd uint32, a AHAttr) (AH, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 56)
+	le.PutUint64(in[8:], userHandle)
+	le.PutUint32(in[16:], pd)
+	// struct ib_uverbs_ah_attr at 24: global route, then dlid, sl, ...
+	copy(in[24:40], a.DGID[:])
+	le.PutUint32(in[40:], a.FlowLabel)
+	in[44], in[45], in[46] = a.SGIDIndex, a.HopLimit, a.TrafficC
+	in[53], in[54] = 1, a.PortNum // is_global: RoCE always routes by GID
+	out, uhw := make([]byte, 4), make([]byte, 8)
+	if err := d.invoke("create AH", cmdCreateAH, in, out, uhw); err != nil {
+		return AH{}, err
+	}
+	return AH{Handle: le.Uint32(out), AHNum: le.Uint32(uhw)}, nil
+}
+
+// MW is an allocated memory window.
+type MW struct{ Handle, RKey uint32 }
+
+// AllocMW allocates a memory window of type typ (1 or 2) in PD pd.
+func (d *Device) AllocMW(pd uint32, typ uint8) (MW, error) {
+	le := binary.LittleEndian
+	in := make([]byte, 16)
+	le.PutUint32(in[8:], pd)
+	in[12] = typ
+	out := make([]byte, 8)
+	if err := d.invoke("alloc MW", cmdAllocMW, in, out, nil); err != nil {
+		return MW{}, err
+	}
+	return MW{Handle: le.Uint32(out), RKey: le.Uint32(out[4:])}, nil
 }
 
 // QP attribute mask bits (enum ib_qp_attr_mask).

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/criu"
 	"github.com/migros/migros/rdma/image"
 )
 
@@ -30,21 +31,16 @@ type RestoreOptions struct {
 var ErrPreflight = errors.New("restore pre-flight")
 
 // Preflight checks, before CRIU starts, that this host can rebuild the
-// RDMA state of the images: each device exists and runs MigrOS' rdma_rxe,
-// and every QPN and MR key is free on it.
+// RDMA state of the images: restore supports every object, each device
+// exists and runs MigrOS' rdma_rxe, and every QPN, SRQ and AH number and MR and MW key is free on it.
 func Preflight(imgs map[int]*image.Context) error {
 	var errs []error
 	byDevice := map[string][]rdma.ID{}
 	for _, c := range imgs {
-		for _, q := range c.Objects.QPs {
-			byDevice[c.Device] = append(byDevice[c.Device], rdma.ID{Type: rdma.IDQP, Index: q.QPN})
+		if err := criu.Restorable(c); err != nil {
+			errs = append(errs, fmt.Errorf("%w: process %d fd %d: %w", ErrPreflight, c.PID, c.FD, err))
 		}
-		for _, m := range c.Objects.MRs {
-			byDevice[c.Device] = append(byDevice[c.Device], rdma.ID{Type: rdma.IDMR, Index: m.LKey >> 8, Key: uint8(m.LKey), HasKey: true})
-		}
-		if _, ok := byDevice[c.Device]; !ok {
-			byDevice[c.Device] = nil
-		}
+		byDevice[c.Device] = append(byDevice[c.Device], c.Objects.IDs()...)
 	}
 	devices := make([]string, 0, len(byDevice))
 	for d := range byDevice {
