@@ -346,3 +346,40 @@ func TestRestoreTenMoves(t *testing.T) {
 	// After ten moves the process is back on src.
 	pingpongDone(ctx, t, server, serverOut, src, pid, out, iters)
 }
+
+// Unmodified perftest clients are checkpointed mid-transfer and restored
+// on the same host (they keep their TCP connection, which CRIU restores):
+// RDMA WRITE, READ and ATOMIC requesters, whose responder state (READ and
+// ATOMIC replay resources, PSNs) must carry over, and a bidirectional
+// SEND. Both sides finish without error and the client reports every
+// iteration.
+func TestRestorePerftest(t *testing.T) {
+	for _, tc := range []struct {
+		argv        []string
+		iters, size int
+	}{
+		// 64 KiB messages span 64 packets, so the stop falls inside
+		// one; the lab moves about 9 MB/s: 10-20 s of traffic each.
+		{[]string{"ib_write_bw"}, 2000, 65536},
+		{[]string{"ib_read_bw"}, 2000, 65536},
+		{[]string{"ib_atomic_bw"}, 50000, 8},
+		{[]string{"ib_send_bw", "-b"}, 1500, 65536},
+	} {
+		t.Run(tc.argv[0], func(t *testing.T) {
+			ctx := testContext(t, 5*time.Minute)
+			src, peer := guest(t, "src"), guest(t, "peer")
+			const out, images = "/tmp/restore-perf.out", "/tmp/restore-perf"
+			argv := append(tc.argv, "-x", "1", "-n", fmt.Sprint(tc.iters), "-s", fmt.Sprint(tc.size))
+			src.Run(ctx, "rm", "-rf", images)
+			server, serverOut := serve(ctx, t, peer, argv...)
+			pid := detached(ctx, t, src, out, 0, append(argv, peer.Addr())...)
+			time.Sleep(2 * time.Second)
+			checkpointKill(ctx, t, src, pid, images)
+			restore(ctx, t, src, images, pid)
+			waitOK(t, "the perftest server", server, serverOut, 3*time.Minute)
+			waitGone(ctx, t, src, pid, time.Minute)
+			got, _ := src.Output(ctx, "cat", out)
+			checkBW(tc.iters, tc.size)(t, got)
+		})
+	}
+}

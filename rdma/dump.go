@@ -45,6 +45,8 @@ func (t ObjectType) String() string {
 	return fmt.Sprintf("ObjectType(%d)", uint16(t))
 }
 
+const qpTypeRC = 2 // IB_QPT_RC
+
 // NoHandle is what a dump gives for an object it does not refer to.
 const NoHandle = 0xffffffff
 
@@ -66,17 +68,20 @@ const (
 	methodDumpMR  = nsDriver + 3
 	methodDumpMW  = nsDriver + 4
 	methodDumpAH  = nsDriver + 5
-	// methodDumpEvents is the 8th patch's.
-	methodDumpEvents = nsDriver + 6
+	// methodDumpEvents is the 8th patch's, methodDumpProgress the 10th's.
+	methodDumpEvents   = nsDriver + 6
+	methodDumpProgress = nsDriver + 7
 
-	attrCQ      = nsDriver + 7
-	attrSRQ     = nsDriver + 8
-	attrMR      = nsDriver + 9
-	attrMW      = nsDriver + 10
-	attrAH      = nsDriver + 11
-	attrDump    = nsDriver + 12
-	attrRespRes = nsDriver + 13
-	attrEvents  = nsDriver + 14
+	attrCQ       = nsDriver + 7
+	attrSRQ      = nsDriver + 8
+	attrMR       = nsDriver + 9
+	attrMW       = nsDriver + 10
+	attrAH       = nsDriver + 11
+	attrDump     = nsDriver + 12
+	attrRespRes  = nsDriver + 13
+	attrEvents   = nsDriver + 14
+	attrProgress = nsDriver + 15
+	attrSRQWQE   = nsDriver + 16
 )
 
 // Queue is a queue shared with the process (struct rxe_mig_queue): its
@@ -331,6 +336,40 @@ func (c *Context) DumpEvents(t ObjectType, h uint32) (Events, error) {
 	return ev, decode(out, &ev)
 }
 
+// RespProgress is where an RC QP's responder is inside a multi-packet
+// message (struct rxe_mig_resp_progress): an RDMA WRITE's target, and
+// whether it holds a receive WQE taken from its SRQ (SRQWQE, the driver's
+// own layout).
+type RespProgress struct {
+	VA         uint64 `json:"va"`
+	Offset     uint64 `json:"offset"`
+	RKey       uint32 `json:"rkey"`
+	Resid      uint32 `json:"resid"`
+	Length     uint32 `json:"length"`
+	SRQWQESize uint32 `json:"srq_wqe_size"`
+}
+
+// maxSRQWQE bounds the receive WQE copy an SRQ QP's responder holds.
+const maxSRQWQE = 4096
+
+// DumpProgress reports the responder progress of the RC QP with handle h
+// and the SRQ receive WQE it holds, if any.
+func (c *Context) DumpProgress(h uint32) (RespProgress, []byte, error) {
+	var p RespProgress
+	out, wqe := make([]byte, binary.Size(p)), make([]byte, maxSRQWQE)
+	if err := c.ioctl(fmt.Sprintf("dump responder progress of QP %d", h), objMigDump, methodDumpProgress,
+		[]attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}, out, wqe); err != nil {
+		return p, nil, err
+	}
+	if err := decode(out, &p); err != nil {
+		return p, nil, err
+	}
+	if p.SRQWQESize == 0 {
+		return p, nil, nil
+	}
+	return p, wqe[:p.SRQWQESize], nil
+}
+
 // DumpCQ reports the CQ with handle h.
 func (c *Context) DumpCQ(h uint32) (CQDump, error) {
 	var d CQDump
@@ -368,6 +407,9 @@ type (
 		QPDump            // embedded: the kernel's record
 		RespRes []RespRes `json:"resp_res,omitempty"`
 		Events  Events    `json:"events"`
+		// Progress and SRQWQE: RC QPs only.
+		Progress RespProgress `json:"resp_progress"`
+		SRQWQE   []byte       `json:"srq_wqe,omitempty"`
 	}
 	CQObject struct {
 		Handle uint32 `json:"handle"`
@@ -454,7 +496,14 @@ func (c *Context) Dump() (*ContextDump, error) {
 				return err
 			}
 			ev, err := c.DumpEvents(ObjQP, h)
-			d.QPs = append(d.QPs, QPObject{h, o, res, ev})
+			if err != nil {
+				return err
+			}
+			q := QPObject{Handle: h, QPDump: o, RespRes: res, Events: ev}
+			if o.QPType == qpTypeRC {
+				q.Progress, q.SRQWQE, err = c.DumpProgress(h)
+			}
+			d.QPs = append(d.QPs, q)
 			return err
 		}},
 		{ObjMR, func(h uint32) error {

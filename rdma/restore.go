@@ -14,8 +14,10 @@ const (
 	methodRestoreQP  = nsDriver + 0
 	methodRestoreCQ  = nsDriver + 1
 	methodRestoreSRQ = nsDriver + 2
-	// methodRestoreEvents is the 8th patch's.
-	methodRestoreEvents = nsDriver + 3
+	// methodRestoreEvents is the 8th patch's, methodRestoreProgress the
+	// 10th's.
+	methodRestoreEvents   = nsDriver + 3
+	methodRestoreProgress = nsDriver + 4
 )
 
 // encode lays out v, a record of fixed-size fields, as the kernel's.
@@ -68,4 +70,18 @@ func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
 	in := encode(ev)
 	return c.ioctl(fmt.Sprintf("restore events of %s %d", t, h), objMigRestore, methodRestoreEvents,
 		[]attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in)
+}
+
+// RestoreProgress puts the responder of the Stopped RC QP with handle h
+// back inside the message it was receiving, after RestoreQP and once its
+// RQ ring holds its dumped contents.
+func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE []byte) error {
+	in := encode(p)
+	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}
+	bufs := [][]byte{in}
+	if len(srqWQE) > 0 {
+		attrs = append(attrs, inAttr(attrSRQWQE, srqWQE))
+		bufs = append(bufs, srqWQE)
+	}
+	return c.ioctl(fmt.Sprintf("restore responder progress of QP %d", h), objMigRestore, methodRestoreProgress, attrs, bufs...)
 }

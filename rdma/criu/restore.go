@@ -594,6 +594,9 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes); err != nil {
 			return c, err
 		}
+		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE); err != nil {
+			return c, err
+		}
 		if err := c.RestoreEvents(rdma.ObjQP, q.Handle, q.Events); err != nil {
 			return c, err
 		}
