@@ -69,7 +69,9 @@ func checkpointKill(ctx context.Context, t *testing.T, g *lab.Guest, pid, images
 	}
 }
 
-func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string) {
+// restoreTree restores the images on g and checks that the tree's root
+// is pid.
+func restoreTree(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string) {
 	t.Helper()
 	out, err := g.Output(ctx, "migros", "restore", "--images", images)
 	if err != nil {
@@ -78,6 +80,13 @@ func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string
 	if !strings.Contains(out, "restored process "+pid) {
 		t.Fatalf("restore on %s: %q, want process %s", g.Name, out, pid)
 	}
+}
+
+// restore restores the images of process pid on g and checks that its QPs
+// are resumed.
+func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string) {
+	t.Helper()
+	restoreTree(ctx, t, g, images, pid)
 	for _, q := range listQPs(ctx, t, g, pid) {
 		if q.Mig.String() != "none" {
 			t.Errorf("restored QP %#x is %s, want resumed", q.QPN, q.Mig)
@@ -381,5 +390,82 @@ func TestRestorePerftest(t *testing.T) {
 			got, _ := src.Output(ctx, "cat", out)
 			checkBW(tc.iters, tc.size)(t, got)
 		})
+	}
+}
+
+// A process tree with two RDMA processes, each with its own context and
+// peer connection, is checkpointed from its root and restored as a whole;
+// every exchange of both completes.
+func TestRestoreProcessTree(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const images, iters = "/tmp/tree-images", "10000"
+	ports := []string{"18515", "18516"}
+	type server struct {
+		p   *control.Process
+		out *bytes.Buffer
+	}
+	var servers []server
+	var clients []string
+	for _, port := range ports {
+		argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters, "-p", port}
+		var out bytes.Buffer
+		p, err := peer.Start(ctx, &control.Cmd{Argv: argv, Stdout: &out, Stderr: &out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Kill)
+		n := 0
+		fmt.Sscan(port, &n)
+		if err := peer.WaitListening(ctx, n, p); err != nil {
+			t.Fatal(err)
+		}
+		servers = append(servers, server{p, &out})
+		clients = append(clients, fmt.Sprintf("%s %s >/tmp/tree-%s.out 2>&1", strings.Join(argv, " "), peer.Addr(), port))
+	}
+	// The root, a shell, waits for its two RDMA children.
+	script := fmt.Sprintf(`setsid sh -c 'exec sh -c "%s & %s & wait" >/dev/null 2>&1 </dev/null' &`, clients[0], clients[1])
+	starter, err := src.Start(ctx, &control.Cmd{Argv: []string{"sh", "-c", script}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(starter.Kill)
+	time.Sleep(3 * time.Second)
+	pids, err := src.Output(ctx, "pgrep", "-x", "ibv_rc_pingpong")
+	if err != nil || len(strings.Fields(pids)) != 2 {
+		o, _ := src.Output(ctx, "sh", "-c", "cat /tmp/tree-*.out; ps -ef")
+		t.Fatalf("want two ibv_rc_pingpong on src: %q %v\n%s", pids, err, o)
+	}
+	ppid, err := src.Output(ctx, "ps", "-o", "ppid=", "-p", strings.Fields(pids)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := strings.TrimSpace(ppid)
+	t.Cleanup(func() { src.Run(context.Background(), "pkill", "-x", "ibv_rc_pingpong") })
+
+	checkpointKill(ctx, t, src, root, images)
+	insp, err := src.Output(ctx, "migros", "inspect", images)
+	if err != nil || strings.Count(insp, "file ") != 2 {
+		t.Fatalf("inspect: want two uverbs files, one per process: %v\n%s", err, insp)
+	}
+	restoreTree(ctx, t, src, images, root)
+	for _, p := range strings.Fields(pids) {
+		for _, q := range listQPs(ctx, t, src, p) {
+			if q.Mig.String() != "none" {
+				t.Errorf("process %s: restored QP %#x is %s", p, q.QPN, q.Mig)
+			}
+		}
+	}
+	for i, s := range servers {
+		waitOK(t, "peer server on port "+ports[i], s.p, s.out, 3*time.Minute)
+	}
+	waitGone(ctx, t, src, root, time.Minute)
+	for i, port := range ports {
+		got, _ := src.Output(ctx, "cat", "/tmp/tree-"+port+".out")
+		for name, o := range map[string]string{"peer": servers[i].out.String(), "restored": got} {
+			if !strings.Contains(o, iters+" iters in") {
+				t.Errorf("port %s: %s did not finish its %s exchanges:\n%s", port, name, iters, o)
+			}
+		}
 	}
 }
