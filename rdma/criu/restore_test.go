@@ -6,12 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/image"
 	"github.com/migros/migros/rdma/verbs"
 )
 
@@ -153,6 +155,37 @@ func TestReplay(t *testing.T) {
 				if got[i] != tc.steps[i] {
 					t.Errorf("step %d:\n got %+v\nwant %+v", i, got[i], tc.steps[i])
 				}
+			}
+		})
+	}
+}
+
+func TestRestorable(t *testing.T) {
+	rc := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x11, QPType: 2, QPState: 3}}
+	ud := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x12, QPType: 4, QPState: 3}}
+	broken := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x13, QPType: 2, QPState: 6}}
+	bound := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x500, MRLKey: 0x2f3}}
+	free := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x600}}
+	for _, tc := range []struct {
+		name string
+		objs rdma.ContextDump
+		want string // "" for restorable
+	}{
+		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, ""},
+		{"UD QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, ud}}, "QP 0x12 is of type 4"},
+		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6"},
+		{"bound MW", rdma.ContextDump{MWs: []rdma.MWObject{bound}}, "MW 0x500 is bound"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Restorable(&image.Context{Objects: &tc.objs})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want ErrUnsupported with %q", err, tc.want)
 			}
 		})
 	}
