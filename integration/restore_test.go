@@ -400,7 +400,7 @@ func TestRestoreProcessTree(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
 	const images, iters = "/tmp/tree-images", "10000"
-	ports := []string{"18515", "18516"}
+	ports := []int{lab.RDMAPort, lab.RDMAPort + 1}
 	type server struct {
 		p   *control.Process
 		out *bytes.Buffer
@@ -408,20 +408,18 @@ func TestRestoreProcessTree(t *testing.T) {
 	var servers []server
 	var clients []string
 	for _, port := range ports {
-		argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters, "-p", port}
+		argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters, "-p", fmt.Sprint(port)}
 		var out bytes.Buffer
 		p, err := peer.Start(ctx, &control.Cmd{Argv: argv, Stdout: &out, Stderr: &out})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(p.Kill)
-		n := 0
-		fmt.Sscan(port, &n)
-		if err := peer.WaitListening(ctx, n, p); err != nil {
+		if err := peer.WaitListening(ctx, port, p); err != nil {
 			t.Fatal(err)
 		}
 		servers = append(servers, server{p, &out})
-		clients = append(clients, fmt.Sprintf("%s %s >/tmp/tree-%s.out 2>&1", strings.Join(argv, " "), peer.Addr(), port))
+		clients = append(clients, fmt.Sprintf("%s %s >/tmp/tree-%d.out 2>&1", strings.Join(argv, " "), peer.Addr(), port))
 	}
 	// The root, a shell, waits for its two RDMA children.
 	script := fmt.Sprintf(`setsid sh -c 'exec sh -c "%s & %s & wait" >/dev/null 2>&1 </dev/null' &`, clients[0], clients[1])
@@ -457,14 +455,14 @@ func TestRestoreProcessTree(t *testing.T) {
 		}
 	}
 	for i, s := range servers {
-		waitOK(t, "peer server on port "+ports[i], s.p, s.out, 3*time.Minute)
+		waitOK(t, fmt.Sprint("peer server on port ", ports[i]), s.p, s.out, 3*time.Minute)
 	}
 	waitGone(ctx, t, src, root, time.Minute)
 	for i, port := range ports {
-		got, _ := src.Output(ctx, "cat", "/tmp/tree-"+port+".out")
+		got, _ := src.Output(ctx, "cat", fmt.Sprintf("/tmp/tree-%d.out", port))
 		for name, o := range map[string]string{"peer": servers[i].out.String(), "restored": got} {
 			if !strings.Contains(o, iters+" iters in") {
-				t.Errorf("port %s: %s did not finish its %s exchanges:\n%s", port, name, iters, o)
+				t.Errorf("port %d: %s did not finish its %s exchanges:\n%s", port, name, iters, o)
 			}
 		}
 	}

@@ -45,7 +45,12 @@ func (t ObjectType) String() string {
 	return fmt.Sprintf("ObjectType(%d)", uint16(t))
 }
 
-const qpTypeRC = 2 // IB_QPT_RC
+// QP types (enum ib_qp_type) that a dump may hold.
+const (
+	QPTypeRC = 2
+	QPTypeUC = 3
+	QPTypeUD = 4
+)
 
 // NoHandle is what a dump gives for an object it does not refer to.
 const NoHandle = 0xffffffff
@@ -500,7 +505,7 @@ func (c *Context) Dump() (*ContextDump, error) {
 				return err
 			}
 			q := QPObject{Handle: h, QPDump: o, RespRes: res, Events: ev}
-			if o.QPType == qpTypeRC {
+			if o.QPType == QPTypeRC {
 				q.Progress, q.SRQWQE, err = c.DumpProgress(h)
 			}
 			d.QPs = append(d.QPs, q)

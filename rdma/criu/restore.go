@@ -230,7 +230,7 @@ func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, er
 func Restorable(img *image.Context) error {
 	var errs []error
 	for _, q := range img.Objects.QPs {
-		if q.QPType != qpRC {
+		if q.QPType != rdma.QPTypeRC {
 			errs = append(errs, fmt.Errorf("%w yet: QP %#x is of type %d; only RC QPs take part in the protocol",
 				ErrUnsupported, q.QPN, q.QPType))
 		}
@@ -246,13 +246,11 @@ func Restorable(img *image.Context) error {
 	return errors.Join(errs...)
 }
 
-const qpRC = 2 // IB_QPT_RC
-
 // replay is the sequence of modify_qp calls that takes a new QP to the
 // dumped QP's IB state with its attributes.
 func replay(q rdma.QPDump) ([]verbs.QPAttr, error) {
 	const (
-		rc, uc, ud = 2, 3, 4
+		rc, uc, ud = rdma.QPTypeRC, rdma.QPTypeUC, rdma.QPTypeUD
 		reset      = 0
 		rts        = 3
 	)
@@ -522,7 +520,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	for _, ah := range o.AHs {
 		id := rdma.ID{Type: rdma.IDAH, Index: ah.AHNum}
 		attr := verbs.AHAttr{DGID: ah.AV.DGID, FlowLabel: ah.AV.FlowLabel, SGIDIndex: ah.AV.SGIDIndex,
-			HopLimit: ah.AV.HopLimit, TrafficC: ah.AV.TrafficClass, PortNum: ah.AV.PortNum}
+			HopLimit: ah.AV.HopLimit, TrafficClass: ah.AV.TrafficClass, PortNum: ah.AV.PortNum}
 		var got verbs.AH
 		err := at(ah.Handle, fmt.Sprintf("AH %d", ah.AHNum), &id, func() (uint32, error) {
 			var err error

@@ -329,10 +329,10 @@ func (d *Device) CreateSRQ(userHandle uint64, pd, maxWR, maxSGE, limit uint32) (
 
 // AHAttr is where an address handle sends.
 type AHAttr struct {
-	DGID                          [16]byte
-	FlowLabel                     uint32
-	SGIDIndex, HopLimit, TrafficC uint8
-	PortNum                       uint8
+	DGID                              [16]byte
+	FlowLabel                         uint32
+	SGIDIndex, HopLimit, TrafficClass uint8
+	PortNum                           uint8
 }
 
 // AH is a created address handle.
@@ -347,7 +347,7 @@ func (d *Device) CreateAH(userHandle uint64, pd uint32, a AHAttr) (AH, error) {
 	// struct ib_uverbs_ah_attr at 24: global route, then dlid, sl, ...
 	copy(in[24:40], a.DGID[:])
 	le.PutUint32(in[40:], a.FlowLabel)
-	in[44], in[45], in[46] = a.SGIDIndex, a.HopLimit, a.TrafficC
+	in[44], in[45], in[46] = a.SGIDIndex, a.HopLimit, a.TrafficClass
 	in[53], in[54] = 1, a.PortNum // is_global: RoCE always routes by GID
 	out, uhw := make([]byte, 4), make([]byte, 8)
 	if err := d.invoke("create AH", cmdCreateAH, in, out, uhw); err != nil {
