@@ -70,9 +70,10 @@ binaries: | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 
 # Our own RDMA test programs (C against the host's libibverbs; the guests
 # share the host's root, so they run there as built).
-$(BIN)/rdmacheck: integration/rdmacheck/rdmacheck.c | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+RDMACHECK_SRC := $(wildcard integration/rdmacheck/*.c integration/rdmacheck/*.h)
+$(BIN)/rdmacheck: $(RDMACHECK_SRC) | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	@mkdir -p $(BIN)
-	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< -libverbs
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $(filter %.c,$^) -libverbs -lpthread
 
 # MigrOS' CRIU plugin (GPL-2.0), against Debian's criu headers; migros
 # finds it in ../lib/criu next to its binary.

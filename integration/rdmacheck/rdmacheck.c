@@ -10,44 +10,23 @@
  * With -R the server's QP stays in RTR (it only receives), so the MigrOS
  * protocol can be exercised with a QP that never reaches RTS.
  *
+ * With -M it runs the mixed mode instead (mixed.c): every object type and
+ * every RC operation, checked, over -c connections of their own each.
+ *
  * usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs]
- *                  [-s size] [-q depth] [-w usec] [-R] [server]
+ *                  [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]]
+ *                  [server]
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <netdb.h>
-#include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <infiniband/verbs.h>
-
-struct msg_hdr {
-	uint64_t seq;
-	uint32_t len;	/* payload bytes after the header */
-	uint32_t pad;
-	uint64_t sum;	/* FNV-1a of the payload */
-};
-
-struct opts {
-	const char *server;
-	const char *port;
-	const char *dev;
-	int ib_port;
-	int gidx;
-	long msgs;
-	size_t size;
-	int depth;
-	long wait_us;
-	int rtr_only;
-};
+#include "rdmacheck.h"
 
 struct conn {
 	struct ibv_context *ctx;
@@ -65,158 +44,16 @@ struct dest {
 	union ibv_gid gid;
 };
 
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fputs("rdmacheck: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
-
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	while (n--) {
-		h ^= *p++;
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
-/* The payload of message seq: a xorshift stream seeded by seq. */
-static void fill(unsigned char *p, size_t n, uint64_t seq)
-{
-	uint64_t x = seq * 0x9e3779b97f4a7c15ULL + 1;
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[i] = x;
-	}
-}
-
-static int tcp_connect(const struct opts *o)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *r;
-	int fd = -1, err, tries;
-
-	err = getaddrinfo(o->server, o->port, &hints, &res);
-	if (err)
-		die("%s: %s", o->server, gai_strerror(err));
-	/* The server may not be listening yet. */
-	for (tries = 0; tries < 100 && fd < 0; tries++) {
-		for (r = res; r; r = r->ai_next) {
-			fd = socket(r->ai_family, r->ai_socktype, 0);
-			if (fd >= 0 && !connect(fd, r->ai_addr, r->ai_addrlen))
-				break;
-			if (fd >= 0)
-				close(fd);
-			fd = -1;
-		}
-		if (fd < 0)
-			usleep(100000);
-	}
-	freeaddrinfo(res);
-	if (fd < 0)
-		die("cannot connect to %s:%s", o->server, o->port);
-	return fd;
-}
-
-static int tcp_accept(const struct opts *o)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE,
-				  .ai_family = AF_INET };
-	struct addrinfo *res;
-	int lfd, fd, one = 1, err;
-
-	err = getaddrinfo(NULL, o->port, &hints, &res);
-	if (err)
-		die("port %s: %s", o->port, gai_strerror(err));
-	lfd = socket(res->ai_family, res->ai_socktype, 0);
-	if (lfd < 0)
-		die("socket: %s", strerror(errno));
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(lfd, res->ai_addr, res->ai_addrlen) || listen(lfd, 1))
-		die("listen on port %s: %s", o->port, strerror(errno));
-	freeaddrinfo(res);
-	fd = accept(lfd, NULL, NULL);
-	if (fd < 0)
-		die("accept: %s", strerror(errno));
-	close(lfd);
-	return fd;
-}
-
-static void send_line(int fd, const char *fmt, ...)
-{
-	char line[128];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (write(fd, line, n) != n)
-		die("tcp write: %s", strerror(errno));
-}
-
-static void recv_line(int fd, char *line, size_t len)
-{
-	size_t n = 0;
-
-	while (n + 1 < len) {
-		ssize_t r = read(fd, line + n, 1);
-
-		if (r <= 0)
-			die("the other side closed the connection");
-		if (line[n] == '\n')
-			break;
-		n++;
-	}
-	line[n] = 0;
-}
-
 static void exchange(struct conn *c, const struct dest *me, struct dest *them)
 {
 	char line[128], gid[33];
-	int i;
 
-	for (i = 0; i < 16; i++)
-		sprintf(gid + 2 * i, "%02x", me->gid.raw[i]);
+	gid_to_hex(&me->gid, gid);
 	send_line(c->sock, "%06x %06x %s\n", me->qpn, me->psn, gid);
 	recv_line(c->sock, line, sizeof(line));
 	if (sscanf(line, "%x %x %32s", &them->qpn, &them->psn, gid) != 3 ||
-	    strlen(gid) != 32)
+	    hex_to_gid(gid, &them->gid))
 		die("bad peer address line %s", line);
-	for (i = 0; i < 16; i++)
-		sscanf(gid + 2 * i, "%2hhx", &them->gid.raw[i]);
-}
-
-static struct ibv_context *open_dev(const char *name)
-{
-	struct ibv_device **list = ibv_get_device_list(NULL);
-	struct ibv_context *ctx = NULL;
-	int i;
-
-	if (!list || !list[0])
-		die("no RDMA device");
-	for (i = 0; list[i]; i++)
-		if (!name || !strcmp(ibv_get_device_name(list[i]), name))
-			break;
-	if (!list[i])
-		die("no RDMA device %s", name);
-	ctx = ibv_open_device(list[i]);
-	if (!ctx)
-		die("open %s: %s", ibv_get_device_name(list[i]), strerror(errno));
-	ibv_free_device_list(list);
-	return ctx;
 }
 
 static void setup(struct conn *c, const struct opts *o)
@@ -309,8 +146,6 @@ static void post_send(struct conn *c, const struct opts *o, int slot,
 		      uint64_t seq)
 {
 	unsigned char *p = (unsigned char *)c->buf + (size_t)slot * o->size;
-	struct msg_hdr *h = (struct msg_hdr *)p;
-	size_t n = o->size - sizeof(*h);
 	struct ibv_sge sge = { .addr = (uintptr_t)p, .length = o->size,
 			       .lkey = c->mr->lkey };
 	struct ibv_send_wr wr = {
@@ -318,42 +153,22 @@ static void post_send(struct conn *c, const struct opts *o, int slot,
 		.opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED,
 	}, *bad;
 
-	fill(p + sizeof(*h), n, seq);
-	h->seq = seq;
-	h->len = n;
-	h->pad = 0;
-	h->sum = fnv1a(p + sizeof(*h), n);
+	put_msg(p, o->size, seq);
 	if (ibv_post_send(c->qp, &wr, &bad))
 		die("post send %" PRIu64 ": %s", seq, strerror(errno));
-}
-
-/* The other side closing TCP early means it failed: stop waiting. */
-static void check_alive(int sock)
-{
-	struct pollfd p = { .fd = sock, .events = POLLIN };
-	char b;
-
-	if (poll(&p, 1, 0) == 1 && recv(sock, &b, 1, MSG_PEEK) <= 0)
-		die("the other side went away");
 }
 
 static void check_msg(const struct opts *o, const unsigned char *p,
 		      uint32_t byte_len, uint64_t want, unsigned char *ref)
 {
-	const struct msg_hdr *h = (const struct msg_hdr *)p;
-	size_t n = o->size - sizeof(*h);
+	const char *bad;
 
 	if (byte_len != o->size)
 		die("message %" PRIu64 ": %u bytes, want %zu", want, byte_len,
 		    o->size);
-	if (h->seq != want)
-		die("message %" PRIu64 " arrived where %" PRIu64 " was due (%s)",
-		    h->seq, want, h->seq < want ? "duplicate" : "lost");
-	if (h->len != n || h->sum != fnv1a(p + sizeof(*h), n))
-		die("message %" PRIu64 ": checksum mismatch", want);
-	fill(ref, n, want);
-	if (memcmp(ref, p + sizeof(*h), n))
-		die("message %" PRIu64 ": contents corrupted", want);
+	bad = bad_msg(p, o->size, want, ref);
+	if (bad)
+		die("message %" PRIu64 ": the one received is %s", want, bad);
 }
 
 static void run_server(struct conn *c, const struct opts *o)
@@ -373,7 +188,7 @@ static void run_server(struct conn *c, const struct opts *o)
 		die("query GID %d: %s", o->gidx, strerror(errno));
 	for (i = 0; i < o->depth; i++)
 		post_recv(c, o, i);
-	c->sock = tcp_accept(o);
+	c->sock = tcp_accept(o->port);
 	exchange(c, &me, &them);
 	connect_qp(c, o, &them, me.psn, !o->rtr_only);
 	send_line(c->sock, "ready\n");
@@ -411,7 +226,7 @@ static void run_client(struct conn *c, const struct opts *o)
 	me.psn = lrand48() & 0xffffff;
 	if (ibv_query_gid(c->ctx, o->ib_port, o->gidx, &me.gid))
 		die("query GID %d: %s", o->gidx, strerror(errno));
-	c->sock = tcp_connect(o);
+	c->sock = tcp_connect(o->server, o->port);
 	exchange(c, &me, &them);
 	connect_qp(c, o, &them, me.psn, 1);
 	recv_line(c->sock, line, sizeof(line));
@@ -446,11 +261,12 @@ static void run_client(struct conn *c, const struct opts *o)
 int main(int argc, char **argv)
 {
 	struct opts o = { .port = "18515", .ib_port = 1, .gidx = 1,
-			  .msgs = 1000, .size = 4096, .depth = 64 };
+			  .msgs = 1000, .size = 4096, .depth = 64,
+			  .conns = 1 };
 	struct conn c = { .sock = -1 };
-	int ch;
+	int ch, mixed = 0;
 
-	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:R")) != -1) {
+	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:RMc:")) != -1) {
 		switch (ch) {
 		case 'p': o.port = optarg; break;
 		case 'd': o.dev = optarg; break;
@@ -461,18 +277,26 @@ int main(int argc, char **argv)
 		case 'q': o.depth = atoi(optarg); break;
 		case 'w': o.wait_us = atol(optarg); break;
 		case 'R': o.rtr_only = 1; break;
+		case 'M': mixed = 1; break;
+		case 'c': o.conns = atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [server]\n");
+			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [server]\n");
 			return 2;
 		}
 	}
 	if (optind < argc)
 		o.server = argv[optind];
-	if (o.size < sizeof(struct msg_hdr) || o.depth < 1 || o.msgs < 1)
-		die("size must be at least %zu bytes, depth and messages at least 1",
+	if (o.size < sizeof(struct msg_hdr) || o.depth < 1 || o.msgs < 1 ||
+	    o.conns < 1)
+		die("size must be at least %zu bytes, depth, messages and connections at least 1",
 		    sizeof(struct msg_hdr));
 	srand48(getpid() ^ time(NULL));
 	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	if (mixed) {
+		run_mixed(&o);
+		return 0;
+	}
 
 	setup(&c, &o);
 	if (o.server)
