@@ -18,7 +18,28 @@ const (
 	// 10th's.
 	methodRestoreEvents   = nsDriver + 3
 	methodRestoreProgress = nsDriver + 4
+
+	// methodShareCred and attrFD are the 11th patch's.
+	methodShareCred = nsDriver + 6
+	attrFD          = nsDriver + 17
 )
+
+// ShareCredCall returns the ioctl request and argument with which a thread
+// that holds uverbs file fd makes the file's cred struct its own (the
+// 11th kernel patch), so that librxe's doorbell, a write() that uverbs
+// lets through only for the cred struct that opened the file, works in
+// that thread too. CRIU gives each restored thread a cred struct of its
+// own; the driver swaps it only for one with the same credentials, and
+// refuses with EPERM if they differ.
+//
+// The call must run in the thread itself (restore runs it in each of a
+// restored process' threads); its attribute is inline, so arg is all the
+// memory it needs.
+func ShareCredCall(fd int32) (req uint64, arg []byte) {
+	var v [4]byte
+	binary.LittleEndian.PutUint32(v[:], uint32(fd))
+	return verbsIoctl, encodeCall(objMig, methodShareCred, []attr{inAttr(attrFD, v[:])})
+}
 
 // encode lays out v, a record of fixed-size fields, as the kernel's.
 func encode(v any) []byte {

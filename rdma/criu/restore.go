@@ -138,9 +138,41 @@ func Restore(pid int, dir *os.File, e *Executor) (err error) {
 			return err
 		}
 	}
+	if err := t.shareCreds(a, done); err != nil {
+		return err
+	}
 	for _, c := range done {
 		if _, err := c.Resume(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// shareCreds makes every other thread of the task use the cred struct of
+// each reopened uverbs file (which the main thread opened), so that all
+// of them can post (see rdma.ShareCredCall). A thread whose credentials
+// differ from the file's is left alone: it could not post before the
+// checkpoint either.
+func (t *task) shareCreds(a *remoteArena, ctxs []*rdma.Context) error {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", t.pid))
+	if err != nil {
+		return fmt.Errorf("criu: threads of process %d: %w", t.pid, err)
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil || tid == t.pid {
+			continue
+		}
+		for _, c := range ctxs {
+			req, arg := rdma.ShareCredCall(int32(c.FD))
+			if err := a.WriteAt(arg, 0); err != nil {
+				return err
+			}
+			_, err := t.exec.SyscallIn(tid, unix.SYS_IOCTL, uint64(c.FD), req, a.Addr())
+			if err != nil && !errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("criu: thread %d of process %d cannot use %s (fd %d): %w", tid, t.pid, c.Path, c.FD, err)
+			}
 		}
 	}
 	return nil

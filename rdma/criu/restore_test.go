@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,8 +19,9 @@ import (
 )
 
 // fakePlugin answers executor requests as the CRIU plugin does, running
-// them in this process, over a SOCK_SEQPACKET pair.
-func fakePlugin(t *testing.T) *Executor {
+// them in this process, over a SOCK_SEQPACKET pair. Its one thread is the
+// "task" (tid 0 or the tid it returns); other threads do not exist.
+func fakePlugin(t *testing.T) (*Executor, int) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -27,9 +29,12 @@ func fakePlugin(t *testing.T) *Executor {
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "migros"), os.NewFile(uintptr(fds[1]), "plugin")
 	t.Cleanup(func() { ours.Close() })
+	tids := make(chan int)
 	go func() {
+		runtime.LockOSThread()
 		defer theirs.Close()
-		var req [56]byte
+		tids <- unix.Gettid()
+		var req [64]byte
 		for {
 			if n, err := theirs.Read(req[:]); err != nil || n != len(req) {
 				return
@@ -39,24 +44,33 @@ func fakePlugin(t *testing.T) *Executor {
 			for i := range a {
 				a[i] = uintptr(le.Uint64(req[8+8*i:]))
 			}
-			r, _, errno := unix.Syscall6(uintptr(le.Uint64(req[:])), a[0], a[1], a[2], a[3], a[4], a[5])
-			ret := int64(r)
-			if errno != 0 {
-				ret = -int64(errno)
+			ret := -int64(unix.ESRCH)
+			if tid := int(le.Uint64(req[56:])); tid == 0 || tid == unix.Gettid() {
+				r, _, errno := unix.Syscall6(uintptr(le.Uint64(req[:])), a[0], a[1], a[2], a[3], a[4], a[5])
+				ret = int64(r)
+				if errno != 0 {
+					ret = -int64(errno)
+				}
 			}
 			if _, err := theirs.Write(le.AppendUint64(nil, uint64(ret))); err != nil {
 				return
 			}
 		}
 	}()
-	return NewExecutor(ours)
+	return NewExecutor(ours), <-tids
 }
 
 func TestExecutor(t *testing.T) {
-	e := fakePlugin(t)
+	e, tid := fakePlugin(t)
 	pid, err := e.Syscall(unix.SYS_GETPID)
 	if err != nil || int(pid) != os.Getpid() {
 		t.Errorf("getpid: %d, %v; want %d", pid, err, os.Getpid())
+	}
+	if got, err := e.SyscallIn(tid, unix.SYS_GETTID); err != nil || int(got) != tid {
+		t.Errorf("gettid in thread %d: %d, %v", tid, got, err)
+	}
+	if _, err := e.SyscallIn(-1, unix.SYS_GETTID); !errors.Is(err, unix.ESRCH) {
+		t.Errorf("a call in no thread: %v, want ESRCH", err)
 	}
 	if _, err := e.Syscall(unix.SYS_CLOSE, 1<<20); !errors.Is(err, unix.EBADF) {
 		t.Errorf("close of a bad fd: %v, want EBADF", err)

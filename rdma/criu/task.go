@@ -15,8 +15,9 @@ import (
 
 // Executor runs system calls in a task that CRIU holds stopped: the CRIU
 // plugin serves them over a SOCK_SEQPACKET socket. A request is the call
-// number and six arguments, a reply the raw return value (a negative
-// errno on failure), all little-endian 64-bit words.
+// number, six arguments and the thread to run it in (0: the task's main
+// thread), a reply the raw return value (a negative errno on failure), all
+// little-endian 64-bit words.
 type Executor struct{ conn io.ReadWriter }
 
 // NewExecutor talks to the plugin over conn.
@@ -25,16 +26,22 @@ func NewExecutor(conn io.ReadWriter) *Executor { return &Executor{conn: conn} }
 // ErrExecutor is a failure of the channel to the task, not of a call.
 var ErrExecutor = errors.New("criu: system call executor")
 
-// Syscall runs system call nr with args in the task.
+// Syscall runs system call nr with args in the task's main thread.
 func (e *Executor) Syscall(nr uintptr, args ...uint64) (uint64, error) {
+	return e.SyscallIn(0, nr, args...)
+}
+
+// SyscallIn runs system call nr with args in thread tid of the task.
+func (e *Executor) SyscallIn(tid int, nr uintptr, args ...uint64) (uint64, error) {
 	if len(args) > 6 {
 		return 0, fmt.Errorf("%w: %d arguments", ErrExecutor, len(args))
 	}
-	var req [56]byte
+	var req [64]byte
 	binary.LittleEndian.PutUint64(req[0:], uint64(nr))
 	for i, a := range args {
 		binary.LittleEndian.PutUint64(req[8+8*i:], a)
 	}
+	binary.LittleEndian.PutUint64(req[56:], uint64(tid))
 	if _, err := e.conn.Write(req[:]); err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrExecutor, err)
 	}

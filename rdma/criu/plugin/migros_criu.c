@@ -208,10 +208,20 @@ static int migros_update_vma(const char *path, const uint64_t addr,
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__UPDATE_VMA_MAP, migros_update_vma)
 
-/* A system call migros asks for, and its result (rxe_mig executor ABI). */
+/*
+ * A system call migros asks for (executor ABI, rdma/criu/task.go), in
+ * thread tid of the task, 0 for its main thread; the reply is its result.
+ */
 struct exec_req {
 	uint64_t nr;
 	uint64_t args[6];
+	uint64_t tid;
+};
+
+/* A thread the executor has run calls in, and the registers it had. */
+struct exec_thread {
+	pid_t tid;
+	struct user_regs_struct saved;
 };
 
 /*
@@ -295,37 +305,71 @@ static bool has_placeholders(pid_t pid)
 	return found;
 }
 
+/* The thread tid of task, its registers saved on first use; NULL if none. */
+static struct exec_thread *exec_thread(pid_t task, pid_t tid,
+				       struct exec_thread **ts, int *n)
+{
+	struct exec_thread *t;
+	char path[64];
+	int i;
+
+	for (i = 0; i < *n; i++)
+		if ((*ts)[i].tid == tid)
+			return &(*ts)[i];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d", task, tid);
+	if (access(path, F_OK))
+		return NULL;
+	t = realloc(*ts, (*n + 1) * sizeof(**ts));
+	if (!t)
+		return NULL;
+	*ts = t;
+	t = &t[*n];
+	t->tid = tid;
+	if (ptrace(PTRACE_GETREGS, tid, NULL, &t->saved))
+		return NULL;
+	(*n)++;
+	return t;
+}
+
 static int serve(pid_t task, int sock)
 {
 	const uint64_t code = 0xcc050f;	/* syscall; int3 */
-	struct user_regs_struct saved;
+	struct exec_thread *ts = NULL, *t;
 	struct exec_req req;
 	uint64_t gadget, orig;
 	int64_t ret;
-	int err = 0;
+	int err = 0, n = 0, i;
 
 	gadget = find_gadget(task);
 	if (!gadget)
 		return -ENOEXEC;
-	if (ptrace(PTRACE_GETREGS, task, NULL, &saved))
-		return -errno;
+	if (!exec_thread(task, task, &ts, &n)) {
+		free(ts);
+		return -ESRCH;
+	}
 	errno = 0;
 	orig = ptrace(PTRACE_PEEKTEXT, task, gadget, NULL);
-	if (errno)
-		return -errno;
-	if (ptrace(PTRACE_POKETEXT, task, gadget,
-		   (orig & ~0xffffffUL) | code))
-		return -errno;
+	if (errno || ptrace(PTRACE_POKETEXT, task, gadget,
+			    (orig & ~0xffffffUL) | code)) {
+		err = errno ? -errno : -EIO;
+		free(ts);
+		return err;
+	}
+	/* The threads share the task's memory: one gadget serves them all. */
 	while (recv(sock, &req, sizeof(req), 0) == sizeof(req)) {
-		ret = task_syscall(task, &saved, gadget, &req);
+		t = exec_thread(task, req.tid ? (pid_t)req.tid : task, &ts, &n);
+		ret = t ? task_syscall(t->tid, &t->saved, gadget, &req) : -ESRCH;
 		if (send(sock, &ret, sizeof(ret), 0) != sizeof(ret)) {
 			err = -EPIPE;
 			break;
 		}
 	}
-	if (ptrace(PTRACE_POKETEXT, task, gadget, orig) ||
-	    ptrace(PTRACE_SETREGS, task, NULL, &saved))
+	if (ptrace(PTRACE_POKETEXT, task, gadget, orig))
 		err = err ? err : -errno;
+	for (i = 0; i < n; i++)
+		if (ptrace(PTRACE_SETREGS, ts[i].tid, NULL, &ts[i].saved))
+			err = err ? err : -errno;
+	free(ts);
 	return err;
 }
 
