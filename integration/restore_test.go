@@ -467,3 +467,42 @@ func TestRestoreProcessTree(t *testing.T) {
 		}
 	}
 }
+
+// rdmacheck -M moves src -> dst -> src under traffic: two threads, each
+// with a device context of its own and every object type (PD, two MRs,
+// an MW, an AH, a CQ on a completion channel and one without, an SRQ, two
+// RC QPs, one posted to with ibv_post_send, one with the ibv_wr_* API),
+// each round a SEND, a WRITE with immediate, a READ and both atomics.
+// Both sides check every message, READ and atomic result, and end by
+// destroying every object.
+func TestRestoreMixed(t *testing.T) {
+	ctx := testContext(t, 8*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const out, rounds = "/tmp/mixed.out", "2000"
+	args := []string{"rdmacheck", "-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "20000"}
+	pid := detached(ctx, t, src, out, 30000, args...)
+	var clientOut bytes.Buffer
+	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Kill)
+	time.Sleep(3 * time.Second)
+
+	move(ctx, t, src, dst, pid, out, "/tmp/mixed-1")
+	if tasks, err := dst.Output(ctx, "ls", "/proc/"+pid+"/task"); err != nil || len(strings.Fields(tasks)) != 3 {
+		t.Errorf("restored process' threads: %q, %v; want 3", tasks, err)
+	}
+	time.Sleep(2 * time.Second)
+	move(ctx, t, dst, src, pid, out, "/tmp/mixed-2")
+
+	waitOK(t, "the peer", client, &clientOut, 3*time.Minute)
+	waitGone(ctx, t, src, pid, time.Minute)
+	got, _ := src.Output(ctx, "cat", out)
+	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
+	for name, o := range map[string]string{"peer": clientOut.String(), "moved": got} {
+		if !strings.Contains(o, want) {
+			t.Errorf("%s did not check everything:\n%s", name, o)
+		}
+	}
+}
