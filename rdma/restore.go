@@ -19,6 +19,9 @@ const (
 	methodRestoreEvents   = nsDriver + 3
 	methodRestoreProgress = nsDriver + 4
 
+	// methodRestoreMW is the 12th patch's.
+	methodRestoreMW = nsDriver + 5
+
 	// methodShareCred and attrFD are the 11th patch's.
 	methodShareCred = nsDriver + 6
 	attrFD          = nsDriver + 17
@@ -78,6 +81,19 @@ func (c *Context) RestoreSRQ(h uint32, d SRQDump) error {
 	in := encode(d)
 	return c.ioctl(fmt.Sprintf("restore SRQ %d", h), objMigRestore, methodRestoreSRQ,
 		[]attr{{id: attrSRQ, data: uint64(h)}, inAttr(attrDump, in)}, in)
+}
+
+// RestoreMW binds the recreated MW with handle h as d says it was bound:
+// over d's range of the MR with handle mr and, for a type 2 MW, to the QP
+// with handle qp (nil for type 1). The MW must have been recreated with
+// d's rkey.
+func (c *Context) RestoreMW(h, mr uint32, qp *uint32, d MWDump) error {
+	in := encode(d)
+	attrs := []attr{{id: attrMW, data: uint64(h)}, {id: attrMR, data: uint64(mr)}, inAttr(attrDump, in)}
+	if qp != nil {
+		attrs = append(attrs, attr{id: attrQP, data: uint64(*qp)})
+	}
+	return c.ioctl(fmt.Sprintf("restore the binding of MW %d", h), objMigRestore, methodRestoreMW, attrs, in)
 }
 
 // RestoreEvents sets the event counts of a recreated CQ, QP or SRQ with

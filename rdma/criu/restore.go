@@ -271,11 +271,38 @@ func Restorable(img *image.Context) error {
 		}
 	}
 	for _, w := range img.Objects.MWs {
-		if w.MRLKey != 0 || w.QPN != 0 {
-			errs = append(errs, fmt.Errorf("%w yet: MW %#x is bound", ErrUnsupported, w.RKey))
+		if _, _, err := mwBinding(img.Objects, w); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// mwBinding finds, in the image, the handles of the MR and (type 2) QP a
+// bound MW is bound to; none (0, nil) for an MW that is not bound.
+func mwBinding(o *rdma.ContextDump, w rdma.MWObject) (mr uint32, qp *uint32, err error) {
+	if w.MRLKey == 0 {
+		return 0, nil, nil
+	}
+	found := false
+	for _, m := range o.MRs {
+		if m.LKey == w.MRLKey {
+			mr, found = m.Handle, true
+		}
+	}
+	if !found {
+		return 0, nil, fmt.Errorf("%w: MW %#x is bound to MR %#x, which it does not hold", image.ErrCorrupt, w.RKey, w.MRLKey)
+	}
+	if w.Type != 2 {
+		return mr, nil, nil
+	}
+	for _, q := range o.QPs {
+		if q.QPN == w.QPN {
+			h := q.Handle
+			return mr, &h, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("%w: MW %#x is bound to QP %#x, which it does not hold", image.ErrCorrupt, w.RKey, w.QPN)
 }
 
 // replay is the sequence of modify_qp calls that takes a new QP to the
@@ -547,6 +574,15 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		}
 		if mw.RKey != w.RKey {
 			return c, fmt.Errorf("MW %#x was allocated as %#x", w.RKey, mw.RKey)
+		}
+		if w.MRLKey != 0 {
+			mr, qp, err := mwBinding(o, w)
+			if err != nil {
+				return c, err
+			}
+			if err := c.RestoreMW(w.Handle, mr, qp, w.MWDump); err != nil {
+				return c, err
+			}
 		}
 	}
 	for _, ah := range o.AHs {

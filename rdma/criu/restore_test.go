@@ -178,17 +178,24 @@ func TestRestorable(t *testing.T) {
 	rc := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x11, QPType: 2, QPState: 3}}
 	ud := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x12, QPType: 4, QPState: 3}}
 	broken := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x13, QPType: 2, QPState: 6}}
-	bound := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x500, MRLKey: 0x2f3}}
+	mr := rdma.MRObject{Handle: 7, MRDump: rdma.MRDump{LKey: 0x2f3}}
+	type1 := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x500, Type: 1, MRLKey: 0x2f3}}
+	type2 := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x700, Type: 2, MRLKey: 0x2f3, QPN: 0x11}}
+	orphanQP := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x800, Type: 2, MRLKey: 0x2f3, QPN: 0x99}}
 	free := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x600}}
 	for _, tc := range []struct {
 		name string
 		objs rdma.ContextDump
 		want string // "" for restorable
+		kind error  // what it is if not
 	}{
-		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, ""},
-		{"UD QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, ud}}, "QP 0x12 is of type 4"},
-		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6"},
-		{"bound MW", rdma.ContextDump{MWs: []rdma.MWObject{bound}}, "MW 0x500 is bound"},
+		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, "", nil},
+		{"UD QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, ud}}, "QP 0x12 is of type 4", ErrUnsupported},
+		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6", ErrUnsupported},
+		{"bound MWs", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MRs: []rdma.MRObject{mr}, MWs: []rdma.MWObject{type1, type2}}, "", nil},
+		{"MW bound to a missing MR", rdma.ContextDump{MWs: []rdma.MWObject{type1}}, "MW 0x500 is bound to MR 0x2f3, which it does not hold", image.ErrCorrupt},
+		{"MW bound to a missing QP", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MRs: []rdma.MRObject{mr}, MWs: []rdma.MWObject{orphanQP}},
+			"MW 0x800 is bound to QP 0x99, which it does not hold", image.ErrCorrupt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := Restorable(&image.Context{Objects: &tc.objs})
@@ -198,8 +205,8 @@ func TestRestorable(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want ErrUnsupported with %q", err, tc.want)
+			if !errors.Is(err, tc.kind) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %v with %q", err, tc.kind, tc.want)
 			}
 		})
 	}
