@@ -3,15 +3,19 @@
  * rdmacheck -M: every object type and every RC operation, each checked.
  *
  * Both sides run the same loop over each of -c connections, a thread and
- * a device context of their own each. A connection has a PD, a local MR and
- * one the peer may write, read and update atomically, an unbound memory
- * window, an address handle, a send CQ with a completion channel (waited
- * on), a receive CQ without one (polled), an SRQ and two RC QPs on it: QP A
- * posts with ibv_post_send, QP B with the ibv_wr_* API. Round r posts
+ * a device context of their own each (-d may list devices, comma-separated:
+ * connection k uses the k-th, cyclically; it listens on or connects to
+ * port -p plus k). A connection has a PD, a local MR and one the peer may
+ * write, read and update atomically, a type 2 memory window bound over
+ * part of it through QP A (the peer's READs go through it), an address
+ * handle, a send CQ with a completion channel (waited on), a receive CQ
+ * without one (polled), an SRQ and two RC QPs on it: QP A posts with
+ * ibv_post_send, QP B with the ibv_wr_* API. Round r posts
  *
  *   A  SEND r (checksummed)          the peer checks it off its SRQ
  *   B  RDMA WRITE WITH IMM r         the peer checks the slot written
- *   A  RDMA READ of block r % B      checked against the block's pattern
+ *   A  RDMA READ of block r % B      through the MW, checked against
+ *                                    the block's pattern
  *   B  ATOMIC FETCH_ADD 1, word 0    must return r
  *   A  ATOMIC CMP_SWP r -> r+1, w 1  must return r
  *
@@ -48,6 +52,7 @@ struct side {
 	union ibv_gid gid;
 	uint32_t rkey;
 	uint64_t addr;
+	uint32_t mw_rkey;	/* the MW over the READ blocks, once bound */
 };
 
 struct mconn {
@@ -133,11 +138,26 @@ static void post_srq(struct mconn *c, uint64_t i)
 		die("conn %d: post SRQ receive: %s", c->idx, strerror(errno));
 }
 
+/* Connection idx uses the idx-th (cyclically) of -d's comma-separated devices. */
+static void conn_dev(const char *list, int idx, char *name, size_t len)
+{
+	const char *p = list, *end;
+	int n = 1, i;
+
+	for (end = list; *end; end++)
+		n += *end == ',';
+	for (i = 0; i < idx % n; i++)
+		p = strchr(p, ',') + 1;
+	end = strchr(p, ',');
+	snprintf(name, len, "%.*s", (int)(end ? end - p : (long)strlen(p)), p);
+}
+
 static void setup_mixed(struct mconn *c)
 {
 	const struct opts *o = c->o;
 	int acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
-		  IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
+		  IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC |
+		  IBV_ACCESS_MW_BIND;
 	struct ibv_srq_init_attr sa = { .attr = { .max_wr = c->nrecv,
 						  .max_sge = 1 } };
 	struct ibv_qp_init_attr ia = {
@@ -160,7 +180,11 @@ static void setup_mixed(struct mconn *c)
 	struct ibv_port_attr pa;
 	int i, b;
 
-	c->ctx = open_dev(o->dev);
+	char dev[64];
+
+	if (o->dev)
+		conn_dev(o->dev, c->idx, dev, sizeof(dev));
+	c->ctx = open_dev(o->dev ? dev : NULL);
 	if (ibv_query_port(c->ctx, o->ib_port, &pa))
 		die("query port: %s", strerror(errno));
 	c->wsize = o->size;
@@ -277,6 +301,38 @@ static void connect_one(struct mconn *c, struct ibv_qp *qp, uint32_t dqpn,
 		die("conn %d: QP to RTS: %s", c->idx, strerror(errno));
 }
 
+/*
+ * Bind the type 2 MW over the READ blocks through QP A: the peer's READs
+ * go through it, so they work only if a restore brings the binding back.
+ */
+static void bind_mw(struct mconn *c)
+{
+	struct ibv_send_wr wr = {
+		.wr_id = UINT64_MAX, .opcode = IBV_WR_BIND_MW,
+		.send_flags = IBV_SEND_SIGNALED,
+		.bind_mw = {
+			.mw = c->mw, .rkey = ibv_inc_rkey(c->mw->rkey),
+			.bind_info = {
+				.mr = c->rmr,
+				.addr = (uintptr_t)c->rbuf + off_blocks(c),
+				.length = READ_BLOCKS * c->o->size,
+				.mw_access_flags = IBV_ACCESS_REMOTE_READ,
+			},
+		},
+	}, *bad;
+	struct ibv_wc wc;
+	int n;
+
+	if (ibv_post_send(c->qa, &wr, &bad))
+		die("conn %d: post BIND_MW: %s", c->idx, strerror(errno));
+	while (!(n = ibv_poll_cq(c->scq, 1, &wc)))
+		;
+	if (n < 0 || wc.status != IBV_WC_SUCCESS || wc.wr_id != UINT64_MAX)
+		die("conn %d: BIND_MW: %s", c->idx,
+		    n < 0 ? "poll failed" : ibv_wc_status_str(wc.status));
+	c->me.mw_rkey = wr.bind_mw.rkey;
+}
+
 static void connect_mixed(struct mconn *c)
 {
 	struct ibv_ah_attr ah = {
@@ -292,10 +348,11 @@ static void connect_mixed(struct mconn *c)
 	c->ah = ibv_create_ah(c->pd, &ah);
 	if (!c->ah)
 		die("conn %d: AH: %s", c->idx, strerror(errno));
+	bind_mw(c);
 	/* Neither side sends before the other's QPs are ready. */
-	send_line(c->sock, "ready\n");
+	send_line(c->sock, "ready %08x\n", c->me.mw_rkey);
 	recv_line(c->sock, line, sizeof(line));
-	if (strcmp(line, "ready"))
+	if (sscanf(line, "ready %x", &c->peer.mw_rkey) != 1)
 		die("conn %d: peer said %s", c->idx, line);
 }
 
@@ -320,7 +377,7 @@ static void post_round(struct mconn *c, uint64_t r)
 		  .send_flags = IBV_SEND_SIGNALED,
 		  .wr.rdma = { .remote_addr = c->peer.addr + off_blocks(c) +
 				(r % READ_BLOCKS) * o->size,
-			       .rkey = c->peer.rkey } },
+			       .rkey = c->peer.mw_rkey } },
 		{ .wr_id = base | OP_CSWP, .sg_list = &cs, .num_sge = 1,
 		  .opcode = IBV_WR_ATOMIC_CMP_AND_SWP,
 		  .send_flags = IBV_SEND_SIGNALED,
@@ -545,9 +602,11 @@ static void finish(struct mconn *c)
 		die("conn %d: the peer's atomics left %" PRIu64 " and %" PRIu64
 		    ", want %" PRIu64, c->idx, w[0], w[1], n);
 
-	if (ibv_destroy_qp(c->qa) || ibv_destroy_qp(c->qb) ||
+	/* The MW first: it holds QP A and the MR while bound. */
+	if (ibv_dealloc_mw(c->mw) ||
+	    ibv_destroy_qp(c->qa) || ibv_destroy_qp(c->qb) ||
 	    ibv_destroy_srq(c->srq) || ibv_destroy_ah(c->ah) ||
-	    ibv_dealloc_mw(c->mw) || ibv_destroy_cq(c->scq) ||
+	    ibv_destroy_cq(c->scq) ||
 	    ibv_destroy_cq(c->rcq) || ibv_destroy_comp_channel(c->ch) ||
 	    ibv_dereg_mr(c->lmr) || ibv_dereg_mr(c->rmr) ||
 	    ibv_dealloc_pd(c->pd) || ibv_close_device(c->ctx))
