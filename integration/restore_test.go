@@ -21,7 +21,7 @@ import (
 // a session of its own, output in a file, no pipe to the control agent.
 // With pid > 0 the process gets that pid (the guest is otherwise quiet),
 // so that another guest that restores it has it free.
-func detached(ctx context.Context, t *testing.T, g *lab.Guest, out string, pid int, argv ...string) string {
+func detached(ctx context.Context, t testing.TB, g *lab.Guest, out string, pid int, argv ...string) string {
 	t.Helper()
 	// The background subshell is the one fork after ns_last_pid is set;
 	// setsid and the program then exec in it.
@@ -95,7 +95,7 @@ func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string
 }
 
 // serve starts argv in g as the server a client will connect to.
-func serve(ctx context.Context, t *testing.T, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
+func serve(ctx context.Context, t testing.TB, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
 	t.Helper()
 	var out bytes.Buffer
 	p, err := g.Start(ctx, &control.Cmd{Argv: argv, Stdout: &out, Stderr: &out})
@@ -501,6 +501,59 @@ func TestRestoreMixed(t *testing.T) {
 	got, _ := src.Output(ctx, "cat", out)
 	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
 	for name, o := range map[string]string{"peer": clientOut.String(), "moved": got} {
+		if !strings.Contains(o, want) {
+			t.Errorf("%s did not check everything:\n%s", name, o)
+		}
+	}
+}
+
+// A process with contexts on two RDMA devices: rxe0 on eth0 and a second
+// rxe on a macvlan of eth0 with an address of its own, so that each
+// device has its own GID on the lab network. rdmacheck -M runs one
+// connection on each, to the peer, and is checkpointed and restored on
+// src; both connections check every round.
+func TestRestoreTwoDevices(t *testing.T) {
+	ctx := testContext(t, 6*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const dev, addr = "rxe_mv0", "192.168.77.21"
+	setup := "sysctl -qw net.ipv4.conf.all.arp_ignore=1 && " +
+		"ip link add mv0 link eth0 type macvlan mode bridge && " +
+		"ip addr add " + addr + "/24 dev mv0 && ip link set mv0 up && " +
+		"rdma link add " + dev + " type rxe netdev mv0"
+	if o, err := src.Output(ctx, "sh", "-c", setup); err != nil {
+		t.Fatalf("second device: %v\n%s", err, o)
+	}
+	t.Cleanup(func() {
+		src.Run(context.Background(), "sh", "-c", "rdma link delete "+dev+"; ip link delete mv0; sysctl -qw net.ipv4.conf.all.arp_ignore=0")
+	})
+	const out, images, rounds = "/tmp/twodev.out", "/tmp/twodev-images", "1500"
+	args := []string{"rdmacheck", "-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "20000"}
+	pid := detached(ctx, t, src, out, 0, append(args, "-d", "rxe0,"+dev)...)
+	var clientOut bytes.Buffer
+	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Kill)
+	time.Sleep(3 * time.Second)
+
+	checkpointKill(ctx, t, src, pid, images)
+	insp, err := src.Output(ctx, "migros", "inspect", images)
+	if err != nil || !strings.Contains(insp, "uverbs0") || !strings.Contains(insp, "uverbs1") {
+		t.Fatalf("inspect: want one context on each device: %v\n%s", err, insp)
+	}
+	restore(ctx, t, src, images, pid)
+	// Connection 1's two QPs are back on the second device.
+	res, err := src.Output(ctx, "rdma", "resource", "show", "qp", "link", dev+"/1")
+	if err != nil || strings.Count(res, "pid "+pid+" ") != 2 {
+		t.Errorf("QPs of process %s on %s after restore: %v\n%s", pid, dev, err, res)
+	}
+
+	waitOK(t, "the peer", client, &clientOut, 3*time.Minute)
+	waitGone(ctx, t, src, pid, time.Minute)
+	got, _ := src.Output(ctx, "cat", out)
+	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
+	for name, o := range map[string]string{"peer": clientOut.String(), "restored": got} {
 		if !strings.Contains(o, want) {
 			t.Errorf("%s did not check everything:\n%s", name, o)
 		}
