@@ -179,3 +179,29 @@ func TestParseID(t *testing.T) {
 		}
 	}
 }
+
+// SHARE_CRED stands alone in the task's memory: one inline attribute with
+// the fd, nothing pointed to.
+func TestShareCredCall(t *testing.T) {
+	req, b := ShareCredCall(9)
+	le := binary.LittleEndian
+	if req != 0xc0181b01 {
+		t.Errorf("request %#x", req)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want uint64
+	}{
+		{"length", uint64(le.Uint16(b[0:])), 40},
+		{"object", uint64(le.Uint16(b[2:])), 0x1000},
+		{"method", uint64(le.Uint16(b[4:])), 0x1006},
+		{"num_attrs", uint64(le.Uint16(b[6:])), 1},
+		{"attr id", uint64(le.Uint16(b[24:])), 0x1011},
+		{"attr len", uint64(le.Uint16(b[26:])), 4},
+		{"attr data (inline fd)", le.Uint64(b[32:]), 9},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+}

@@ -431,6 +431,17 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		return c, err
 	}
 
+	// Every call in the task is a ptrace round trip. What need not run
+	// there runs here, on this process' copy of the file: the handle
+	// fillers, which live only while the restore runs, and modify_qp,
+	// which touches neither the task's memory nor its credentials.
+	local, err := verbs.NewLocalArena(4096)
+	if err != nil {
+		return c, err
+	}
+	defer local.Close()
+	here := verbs.AttachDevice(local, int(f.Fd()))
+
 	// uverbs gives each new object the lowest free handle of the context.
 	// Fill every handle up to the highest with a PD, then free one
 	// filler at a time just before creating the object that owns it.
@@ -442,7 +453,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		maxH = max(maxH, int(h))
 	}
 	for h := 0; h <= maxH; h++ {
-		got, err := dev.AllocPD()
+		got, err := here.AllocPD()
 		if err != nil {
 			return c, err
 		}
@@ -452,7 +463,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	}
 	// at creates the object of handle h, with its ID hint if it has one.
 	at := func(h uint32, what string, hint *rdma.ID, create func() (uint32, error)) error {
-		if err := dev.DeallocPD(h); err != nil {
+		if err := here.DeallocPD(h); err != nil {
 			return err
 		}
 		if hint != nil {
@@ -541,7 +552,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 		for _, s := range steps {
-			if err := dev.ModifyQP(q.Handle, s); err != nil {
+			if err := here.ModifyQP(q.Handle, s); err != nil {
 				return c, err
 			}
 		}
@@ -604,7 +615,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	}
 	for h := 0; h <= maxH; h++ {
 		if !owned[uint32(h)] {
-			if err := dev.DeallocPD(uint32(h)); err != nil {
+			if err := here.DeallocPD(uint32(h)); err != nil {
 				return c, err
 			}
 		}

@@ -125,6 +125,11 @@ func NewDevice(a Arena, fd int) (*Device, int, error) {
 	return d, int(binary.LittleEndian.Uint32(out)), nil
 }
 
+// AttachDevice uses fd, a uverbs file open in the arena's process whose
+// context another descriptor of the same file got (for example a copy
+// taken with pidfd_getfd): objects it creates belong to that context.
+func AttachDevice(a Arena, fd int) *Device { return &Device{FD: fd, arena: a} }
+
 // invoke runs command cmd with core input in and, when not empty, core
 // output out and driver output uhw.
 func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
