@@ -24,6 +24,7 @@ var (
 	assetsFlag = flag.String("assets", "", "lab assets.json (make lab-assets)")
 	labName    = flag.String("lab", "e2e", "name of the lab these tests boot")
 	guestNames = flag.String("guests", "src,dst,peer", "guests of that lab")
+	guestMemMB = flag.Int("guest-memory", 0, "memory of each guest in MiB (0: the default)")
 )
 
 // The lab all tests share, booted once by TestMain.
@@ -54,6 +55,11 @@ func run(m *testing.M) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 2
+	}
+	for i := range guests {
+		if *guestMemMB > 0 {
+			guests[i].MemoryMB = *guestMemMB
+		}
 	}
 	ctx := context.Background()
 	start := time.Now()

@@ -30,7 +30,7 @@ type qpList []struct {
 }
 
 // pidOf returns the pid of the program called name in g.
-func pidOf(ctx context.Context, t *testing.T, g *lab.Guest, name string) string {
+func pidOf(ctx context.Context, t testing.TB, g *lab.Guest, name string) string {
 	t.Helper()
 	out, err := g.Output(ctx, "pgrep", "-x", name)
 	if err != nil {
@@ -39,7 +39,7 @@ func pidOf(ctx context.Context, t *testing.T, g *lab.Guest, name string) string 
 	return strings.Fields(out)[0]
 }
 
-func listQPs(ctx context.Context, t *testing.T, g *lab.Guest, pid string) []rdma.QPInfo {
+func listQPs(ctx context.Context, t testing.TB, g *lab.Guest, pid string) []rdma.QPInfo {
 	t.Helper()
 	out, err := g.Output(ctx, "migros", "rxe", "list", "--json", "--pid", pid)
 	if err != nil {

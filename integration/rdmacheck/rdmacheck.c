@@ -12,9 +12,10 @@
  *
  * With -M it runs the mixed mode instead (mixed.c): every object type and
  * every RC operation, checked, over -c connections of their own each.
+ * With -H it holds -q connected QPs and an MR of -s bytes (hold.c).
  *
  * usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs]
- *                  [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]]
+ *                  [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H]
  *                  [server]
  */
 #include <errno.h>
@@ -264,9 +265,9 @@ int main(int argc, char **argv)
 			  .msgs = 1000, .size = 4096, .depth = 64,
 			  .conns = 1 };
 	struct conn c = { .sock = -1 };
-	int ch, mixed = 0;
+	int ch, mixed = 0, hold = 0;
 
-	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:RMc:")) != -1) {
+	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:RMc:H")) != -1) {
 		switch (ch) {
 		case 'p': o.port = optarg; break;
 		case 'd': o.dev = optarg; break;
@@ -278,9 +279,10 @@ int main(int argc, char **argv)
 		case 'w': o.wait_us = atol(optarg); break;
 		case 'R': o.rtr_only = 1; break;
 		case 'M': mixed = 1; break;
+		case 'H': hold = 1; break;
 		case 'c': o.conns = atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [server]\n");
+			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H] [server]\n");
 			return 2;
 		}
 	}
@@ -293,6 +295,8 @@ int main(int argc, char **argv)
 	srand48(getpid() ^ time(NULL));
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
+	if (hold)
+		run_hold(&o);
 	if (mixed) {
 		run_mixed(&o);
 		return 0;

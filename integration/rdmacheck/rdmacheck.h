@@ -2,7 +2,8 @@
 /*
  * rdmacheck: RDMA traffic whose every message is checked, for the MigrOS
  * lab tests. rdmacheck.c is the RC stream mode, mixed.c the mode that uses
- * every object type, common.c what both share.
+ * every object type, hold.c the benchmark's object holder, common.c what
+ * they share.
  */
 #ifndef RDMACHECK_H
 #define RDMACHECK_H
@@ -49,5 +50,6 @@ int hex_to_gid(const char *hex, union ibv_gid *gid);
 struct ibv_context *open_dev(const char *name);
 void check_alive(int sock);
 void run_mixed(const struct opts *o);
+void run_hold(const struct opts *o) __attribute__((noreturn));
 
 #endif
