@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/rdma/criu"
 	"github.com/migros/migros/rdma/image"
 )
 
@@ -36,7 +37,9 @@ type Options struct {
 var ErrUnsupported = errors.New("not supported by MigrOS checkpoint")
 
 // Refusals checks, before anything is frozen, for what MigrOS cannot
-// checkpoint in process pid and its descendants.
+// checkpoint in process pid and its descendants: the RDMA connection
+// manager, and QPs that a restore could not bring back (UD and UC, or in
+// an error state), which would be lost with the process.
 func Refusals(pid int) error {
 	var errs []error
 	for _, p := range tree(pid) {
@@ -48,6 +51,39 @@ func Refusals(pid int) error {
 				errs = append(errs, fmt.Errorf("%w: process %d has the RDMA connection manager open (fd %s); "+
 					"only ibverbs connections set up by the application are supported", ErrUnsupported, p, e.Name()))
 			}
+		}
+		if err := restorableQPs(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// restorableQPs checks that a restore would take every QP of process p.
+func restorableQPs(p int) error {
+	ctxs, err := rdma.OpenPID(p)
+	if err != nil {
+		return fmt.Errorf("checking the RDMA state of process %d: %w", p, err)
+	}
+	var errs []error
+	for _, c := range ctxs {
+		d := &rdma.ContextDump{Path: c.Path, FD: c.FD}
+		hs, err := c.Handles(rdma.ObjQP)
+		for _, h := range hs {
+			if err != nil {
+				break
+			}
+			var q rdma.QPDump
+			q, _, err = c.DumpQP(h)
+			d.QPs = append(d.QPs, rdma.QPObject{Handle: h, QPDump: q})
+		}
+		c.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checking the RDMA state of process %d: %w", p, err))
+			continue
+		}
+		if err := criu.Restorable(&image.Context{Objects: d}); err != nil {
+			errs = append(errs, fmt.Errorf("%w: process %d fd %d: %w", ErrUnsupported, p, c.FD, err))
 		}
 	}
 	return errors.Join(errs...)
