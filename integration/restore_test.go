@@ -542,6 +542,10 @@ func TestRestoreTwoDevices(t *testing.T) {
 	if err != nil || !strings.Contains(insp, "uverbs0") || !strings.Contains(insp, "uverbs1") {
 		t.Fatalf("inspect: want one context on each device: %v\n%s", err, insp)
 	}
+	// Each connection's type 2 MW is dumped bound, through its QP A.
+	if n := strings.Count(insp, "through QP"); n != 2 {
+		t.Errorf("inspect shows %d bound type 2 MWs, want 2:\n%s", n, insp)
+	}
 	restore(ctx, t, src, images, pid)
 	// Connection 1's two QPs are back on the second device.
 	res, err := src.Output(ctx, "rdma", "resource", "show", "qp", "link", dev+"/1")

@@ -167,7 +167,14 @@ func inspect(args []string) error {
 				q.Handle, q.QPN, q.QPType, q.QPState, q.DestQPN, q.SQPSN, q.ReqPSN, q.CompPSN, q.RespPSN, q.RespMSN, q.Mig)
 		}
 		for _, w := range o.MWs {
-			fmt.Fprintf(tw, "  MW\t%d\trkey %#x\ttype %d pd %d\n", w.Handle, w.RKey, w.Type, w.PDHandle)
+			bound := "unbound"
+			if w.MRLKey != 0 {
+				bound = fmt.Sprintf("bound to MR lkey %#x at %#x+%d access %#x", w.MRLKey, w.Addr, w.Length, w.Access)
+				if w.QPN != 0 {
+					bound += fmt.Sprintf(" through QP %#x", w.QPN)
+				}
+			}
+			fmt.Fprintf(tw, "  MW\t%d\trkey %#x\ttype %d pd %d, %s\n", w.Handle, w.RKey, w.Type, w.PDHandle, bound)
 		}
 		for _, a := range o.AHs {
 			fmt.Fprintf(tw, "  AH\t%d\tah %d\tpd %d\n", a.Handle, a.AHNum, a.PDHandle)
