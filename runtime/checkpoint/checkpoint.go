@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +64,9 @@ func Refusals(pid int) error {
 func restorableQPs(p int) error {
 	ctxs, err := rdma.OpenPID(p)
 	if err != nil {
+		if _, serr := os.Stat(fmt.Sprintf("/proc/%d", p)); errors.Is(serr, fs.ErrNotExist) {
+			return nil // exited since the tree was listed: nothing to lose
+		}
 		return fmt.Errorf("checking the RDMA state of process %d: %w", p, err)
 	}
 	var errs []error

@@ -34,6 +34,31 @@ func TestTree(t *testing.T) {
 	}
 }
 
+// A process without uverbs files, or one that exited since the tree was
+// listed, has no QP to refuse.
+func TestRestorableQPsWithoutRDMA(t *testing.T) {
+	done := exec.Command("true")
+	if err := done.Run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		pid  int
+	}{
+		{"this process", os.Getpid()},
+		{"an exited process", done.Process.Pid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := restorableQPs(tc.pid); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if err := Refusals(os.Getpid()); err != nil {
+		t.Errorf("refusals for this process: %v", err)
+	}
+}
+
 func TestImages(t *testing.T) {
 	dir := t.TempDir()
 	good, err := image.Encode(&image.Context{PID: 7, Objects: &rdma.ContextDump{PDs: []uint32{0}}})
