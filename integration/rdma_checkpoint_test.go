@@ -149,12 +149,7 @@ func TestCheckpointRefusesUD(t *testing.T) {
 	src, peer := guest(t, "src"), guest(t, "peer")
 	argv := []string{"ibv_ud_pingpong", "-g", "1", "-s", "512", "-n", "3000"}
 	server, serverOut := serve(ctx, t, peer, argv...)
-	var clientOut bytes.Buffer
-	client, err := src.Start(ctx, &control.Cmd{Argv: append(argv, peer.Addr()), Stdout: &clientOut, Stderr: &clientOut})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Kill)
+	client, clientOut := start(ctx, t, src, append(argv, peer.Addr())...)
 	time.Sleep(2 * time.Second)
 	pid := pidOf(ctx, t, src, "ibv_ud_pingpong")
 	out, err := src.Output(ctx, "migros", "checkpoint", "--pid", pid, "--images", "/tmp/ckpt-ud")
@@ -165,7 +160,7 @@ func TestCheckpointRefusesUD(t *testing.T) {
 	if src.Run(ctx, "test", "-e", "/tmp/ckpt-ud") == nil {
 		t.Error("the refused checkpoint created its images directory")
 	}
-	waitOK(t, "the UD client", client, &clientOut, 3*time.Minute)
+	waitOK(t, "the UD client", client, clientOut, 3*time.Minute)
 	waitOK(t, "the UD server", server, serverOut, time.Minute)
 	for name, o := range map[string]string{"client": clientOut.String(), "server": serverOut.String()} {
 		if !strings.Contains(o, "3000 iters in") {

@@ -94,8 +94,9 @@ func restore(ctx context.Context, t *testing.T, g *lab.Guest, images, pid string
 	}
 }
 
-// serve starts argv in g as the server a client will connect to.
-func serve(ctx context.Context, t testing.TB, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
+// start starts argv in g with its output collected; it is killed when
+// the test ends.
+func start(ctx context.Context, t testing.TB, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
 	t.Helper()
 	var out bytes.Buffer
 	p, err := g.Start(ctx, &control.Cmd{Argv: argv, Stdout: &out, Stderr: &out})
@@ -103,10 +104,29 @@ func serve(ctx context.Context, t testing.TB, g *lab.Guest, argv ...string) (*co
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Kill)
+	return p, &out
+}
+
+// serve starts argv in g as the server a client will connect to.
+func serve(ctx context.Context, t testing.TB, g *lab.Guest, argv ...string) (*control.Process, *bytes.Buffer) {
+	t.Helper()
+	p, out := start(ctx, t, g, argv...)
 	if err := g.WaitListening(ctx, lab.RDMAPort, p); err != nil {
 		t.Fatal(err)
 	}
-	return p, &out
+	return p, out
+}
+
+// mixedDone checks that every rdmacheck -M output in outs (by name)
+// reports all rounds of its two connections checked.
+func mixedDone(t *testing.T, rounds string, outs map[string]string) {
+	t.Helper()
+	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
+	for name, o := range outs {
+		if !strings.Contains(o, want) {
+			t.Errorf("%s did not check everything:\n%s", name, o)
+		}
+	}
 }
 
 // waitOK waits up to d for p to exit successfully.
@@ -151,12 +171,7 @@ func TestRestoreSameHost(t *testing.T) {
 	if err := src.WaitListening(ctx, lab.RDMAPort, nil); err != nil {
 		t.Fatal(err)
 	}
-	var clientOut bytes.Buffer
-	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, "-w", "5000", src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Kill)
+	client, clientOut := start(ctx, t, peer, append(args, "-w", "5000", src.Addr())...)
 	time.Sleep(3 * time.Second)
 
 	checkpointKill(ctx, t, src, pid, images)
@@ -167,7 +182,7 @@ func TestRestoreSameHost(t *testing.T) {
 	}
 	restore(ctx, t, src, images, pid)
 
-	waitOK(t, "the peer", client, &clientOut, 2*time.Minute)
+	waitOK(t, "the peer", client, clientOut, 2*time.Minute)
 	waitGone(ctx, t, src, pid, time.Minute)
 	got, _ := src.Output(ctx, "cat", out)
 	if !strings.Contains(got, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
@@ -481,12 +496,7 @@ func TestRestoreMixed(t *testing.T) {
 	const out, rounds = "/tmp/mixed.out", "2000"
 	args := []string{"rdmacheck", "-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "20000"}
 	pid := detached(ctx, t, src, out, 30000, args...)
-	var clientOut bytes.Buffer
-	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Kill)
+	client, clientOut := start(ctx, t, peer, append(args, src.Addr())...)
 	time.Sleep(3 * time.Second)
 
 	move(ctx, t, src, dst, pid, out, "/tmp/mixed-1")
@@ -496,15 +506,10 @@ func TestRestoreMixed(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	move(ctx, t, dst, src, pid, out, "/tmp/mixed-2")
 
-	waitOK(t, "the peer", client, &clientOut, 3*time.Minute)
+	waitOK(t, "the peer", client, clientOut, 3*time.Minute)
 	waitGone(ctx, t, src, pid, time.Minute)
 	got, _ := src.Output(ctx, "cat", out)
-	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
-	for name, o := range map[string]string{"peer": clientOut.String(), "moved": got} {
-		if !strings.Contains(o, want) {
-			t.Errorf("%s did not check everything:\n%s", name, o)
-		}
-	}
+	mixedDone(t, rounds, map[string]string{"peer": clientOut.String(), "moved": got})
 }
 
 // A process with contexts on two RDMA devices: rxe0 on eth0 and a second
@@ -529,12 +534,7 @@ func TestRestoreTwoDevices(t *testing.T) {
 	const out, images, rounds = "/tmp/twodev.out", "/tmp/twodev-images", "1500"
 	args := []string{"rdmacheck", "-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "20000"}
 	pid := detached(ctx, t, src, out, 0, append(args, "-d", "rxe0,"+dev)...)
-	var clientOut bytes.Buffer
-	client, err := peer.Start(ctx, &control.Cmd{Argv: append(args, src.Addr()), Stdout: &clientOut, Stderr: &clientOut})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Kill)
+	client, clientOut := start(ctx, t, peer, append(args, src.Addr())...)
 	time.Sleep(3 * time.Second)
 
 	checkpointKill(ctx, t, src, pid, images)
@@ -553,13 +553,8 @@ func TestRestoreTwoDevices(t *testing.T) {
 		t.Errorf("QPs of process %s on %s after restore: %v\n%s", pid, dev, err, res)
 	}
 
-	waitOK(t, "the peer", client, &clientOut, 3*time.Minute)
+	waitOK(t, "the peer", client, clientOut, 3*time.Minute)
 	waitGone(ctx, t, src, pid, time.Minute)
 	got, _ := src.Output(ctx, "cat", out)
-	want := "mixed: 2 connections, " + rounds + " rounds each, all checked"
-	for name, o := range map[string]string{"peer": clientOut.String(), "restored": got} {
-		if !strings.Contains(o, want) {
-			t.Errorf("%s did not check everything:\n%s", name, o)
-		}
-	}
+	mixedDone(t, rounds, map[string]string{"peer": clientOut.String(), "restored": got})
 }
