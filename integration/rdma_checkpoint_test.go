@@ -140,31 +140,3 @@ func startCMPair(ctx context.Context, server *lab.Guest, serverArgv []string, cl
 	}
 	return p, nil
 }
-
-// A process with a QP that restore could not bring back (here UD) is
-// refused before anything is frozen: killed by the checkpoint, it would
-// be lost. It keeps running and finishes every exchange.
-func TestCheckpointRefusesUD(t *testing.T) {
-	ctx := testContext(t, 5*time.Minute)
-	src, peer := guest(t, "src"), guest(t, "peer")
-	argv := []string{"ibv_ud_pingpong", "-g", "1", "-s", "512", "-n", "3000"}
-	server, serverOut := serve(ctx, t, peer, argv...)
-	client, clientOut := start(ctx, t, src, append(argv, peer.Addr())...)
-	time.Sleep(2 * time.Second)
-	pid := pidOf(ctx, t, src, "ibv_ud_pingpong")
-	out, err := src.Output(ctx, "migros", "checkpoint", "--pid", pid, "--images", "/tmp/ckpt-ud")
-	if err == nil || !strings.Contains(err.Error(), "is of type 4") {
-		t.Fatalf("checkpoint of a UD process: %v\n%s", err, out)
-	}
-	t.Log(err)
-	if src.Run(ctx, "test", "-e", "/tmp/ckpt-ud") == nil {
-		t.Error("the refused checkpoint created its images directory")
-	}
-	waitOK(t, "the UD client", client, clientOut, 3*time.Minute)
-	waitOK(t, "the UD server", server, serverOut, time.Minute)
-	for name, o := range map[string]string{"client": clientOut.String(), "server": serverOut.String()} {
-		if !strings.Contains(o, "3000 iters in") {
-			t.Errorf("%s did not finish its 3000 exchanges:\n%s", name, o)
-		}
-	}
-}

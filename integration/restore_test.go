@@ -195,7 +195,10 @@ func TestRestoreSameHost(t *testing.T) {
 // restored one exits (no hang in ibv_destroy_cq/qp/srq).
 //   - ibv_rc_pingpong -e sleeps on completion events: a completion
 //     channel, an armed CQ, events read and not yet acknowledged;
-//   - ibv_srq_pingpong: 16 RC QPs sharing one SRQ, also on events.
+//   - ibv_srq_pingpong: 16 RC QPs sharing one SRQ, also on events;
+//   - ibv_uc_pingpong and ibv_ud_pingpong, whose transports have no
+//     acknowledgement and which do not retransmit: one lost message
+//     and they wait forever.
 func TestRestorePingpongs(t *testing.T) {
 	for _, tc := range []struct {
 		name, iters string
@@ -204,6 +207,8 @@ func TestRestorePingpongs(t *testing.T) {
 		// Long enough (30-60 s) to outlast a first, cold CRIU dump.
 		{"rc events", "10000", []string{"ibv_rc_pingpong", "-g", "1", "-e", "-c"}},
 		{"srq", "30000", []string{"ibv_srq_pingpong", "-g", "1", "-e", "-c", "-q", "16"}},
+		{"uc events", "10000", []string{"ibv_uc_pingpong", "-g", "1", "-e", "-c"}},
+		{"ud events", "20000", []string{"ibv_ud_pingpong", "-g", "1", "-e", "-c", "-s", "512"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)

@@ -234,7 +234,7 @@ func (c *Context) ResumeQP(h uint32) error {
 	return err
 }
 
-// QPs lists the RC QPs of the context.
+// QPs lists the RC, UC and UD QPs of the context.
 func (c *Context) QPs() ([]QPRef, error) {
 	for capacity := 64; ; capacity *= 4 {
 		list := make([]byte, capacity*qpRefSize)

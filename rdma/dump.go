@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"unsafe"
 )
 
 // Object types of the uverbs core (enum uverbs_default_objects), as the
@@ -87,6 +88,7 @@ const (
 	attrEvents   = nsDriver + 14
 	attrProgress = nsDriver + 15
 	attrSRQWQE   = nsDriver + 16
+	attrHeld     = nsDriver + 18 // the 14th patch's
 )
 
 // Queue is a queue shared with the process (struct rxe_mig_queue): its
@@ -341,10 +343,11 @@ func (c *Context) DumpEvents(t ObjectType, h uint32) (Events, error) {
 	return ev, decode(out, &ev)
 }
 
-// RespProgress is where an RC QP's responder is inside a multi-packet
+// RespProgress is where a QP's responder is inside a multi-packet
 // message (struct rxe_mig_resp_progress): an RDMA WRITE's target, and
 // whether it holds a receive WQE taken from its SRQ (SRQWQE, the driver's
-// own layout).
+// own layout). A Stopped UD or UC QP also holds the requests that reached
+// it (HeldCount of them, HeldBytes of records, see DumpProgress).
 type RespProgress struct {
 	VA         uint64 `json:"va"`
 	Offset     uint64 `json:"offset"`
@@ -352,27 +355,62 @@ type RespProgress struct {
 	Resid      uint32 `json:"resid"`
 	Length     uint32 `json:"length"`
 	SRQWQESize uint32 `json:"srq_wqe_size"`
+	HeldCount  uint32 `json:"held_count"`
+	HeldBytes  uint32 `json:"held_bytes"`
 }
 
-// maxSRQWQE bounds the receive WQE copy an SRQ QP's responder holds.
-const maxSRQWQE = 4096
+const (
+	// maxSRQWQE bounds the receive WQE copy an SRQ QP's responder holds.
+	maxSRQWQE = 4096
+	// MaxHeld is how many requests a Stopped UD or UC QP holds at most
+	// (RXE_MIG_HELD_MAX), maxHeldRecord the largest record of one: an
+	// IPv6, UDP, BTH, DETH/RETH and immediate header, a 4096-byte payload
+	// with its pad and ICRC, and the record header, rounded up to 8.
+	MaxHeld       = 256
+	maxHeldRecord = 4200
+)
+
+// heldBuf is struct rxe_mig_buf: a buffer of ours the driver copies held
+// requests to or from (they exceed what an attribute carries).
+func heldBuf(b []byte) []byte {
+	var v [16]byte
+	if len(b) > 0 {
+		binary.LittleEndian.PutUint64(v[:], uint64(uintptr(unsafe.Pointer(&b[0]))))
+		binary.LittleEndian.PutUint32(v[8:], uint32(len(b)))
+	}
+	return v[:]
+}
 
 // DumpProgress reports the responder progress of the RC QP with handle h
 // and the SRQ receive WQE it holds, if any.
-func (c *Context) DumpProgress(h uint32) (RespProgress, []byte, error) {
-	var p RespProgress
+func (c *Context) DumpProgress(h uint32, qpType uint32) (p RespProgress, srqWQE, held []byte, err error) {
 	out, wqe := make([]byte, binary.Size(p)), make([]byte, maxSRQWQE)
-	if err := c.ioctl(fmt.Sprintf("dump responder progress of QP %d", h), objMigDump, methodDumpProgress,
-		[]attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}, out, wqe); err != nil {
-		return p, nil, err
+	attrs := []attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}
+	bufs := [][]byte{out, wqe}
+	if qpType != QPTypeRC {
+		held = make([]byte, MaxHeld*maxHeldRecord)
+		hb := heldBuf(held)
+		attrs = append(attrs, inAttr(attrHeld, hb))
+		bufs = append(bufs, hb, held)
+	}
+	if err := c.ioctl(fmt.Sprintf("dump responder progress of QP %d", h), objMigDump, methodDumpProgress, attrs, bufs...); err != nil {
+		return p, nil, nil, err
 	}
 	if err := decode(out, &p); err != nil {
-		return p, nil, err
+		return p, nil, nil, err
 	}
-	if p.SRQWQESize == 0 {
-		return p, nil, nil
+	if int(p.SRQWQESize) > len(wqe) || int(p.HeldBytes) > len(held) {
+		return p, nil, nil, fmt.Errorf("rdma: QP %d: driver reports %d SRQ WQE and %d held bytes", h, p.SRQWQESize, p.HeldBytes)
 	}
-	return p, wqe[:p.SRQWQESize], nil
+	if p.SRQWQESize > 0 {
+		srqWQE = wqe[:p.SRQWQESize]
+	}
+	if p.HeldBytes > 0 {
+		held = held[:p.HeldBytes:p.HeldBytes]
+	} else {
+		held = nil
+	}
+	return p, srqWQE, held, nil
 }
 
 // DumpCQ reports the CQ with handle h.
@@ -408,13 +446,15 @@ func (c *Context) DumpAH(h uint32) (AHDump, error) {
 // Dumped objects, each with its uverbs handle.
 type (
 	QPObject struct {
-		Handle  uint32    `json:"handle"`
-		QPDump            // embedded: the kernel's record
-		RespRes []RespRes `json:"resp_res,omitempty"`
-		Events  Events    `json:"events"`
-		// Progress and SRQWQE: RC QPs only.
+		Handle   uint32       `json:"handle"`
+		QPDump                // embedded: the kernel's record
+		RespRes  []RespRes    `json:"resp_res,omitempty"`
+		Events   Events       `json:"events"`
 		Progress RespProgress `json:"resp_progress"`
 		SRQWQE   []byte       `json:"srq_wqe,omitempty"`
+		// Held: the requests a Stopped UD or UC QP held (struct
+		// rxe_mig_held records), given back to the restored QP.
+		Held []byte `json:"held,omitempty"`
 	}
 	CQObject struct {
 		Handle uint32 `json:"handle"`
@@ -505,9 +545,7 @@ func (c *Context) Dump() (*ContextDump, error) {
 				return err
 			}
 			q := QPObject{Handle: h, QPDump: o, RespRes: res, Events: ev}
-			if o.QPType == QPTypeRC {
-				q.Progress, q.SRQWQE, err = c.DumpProgress(h)
-			}
+			q.Progress, q.SRQWQE, q.Held, err = c.DumpProgress(h, o.QPType)
 			d.QPs = append(d.QPs, q)
 			return err
 		}},

@@ -109,16 +109,25 @@ func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
 		[]attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in)
 }
 
-// RestoreProgress puts the responder of the Stopped RC QP with handle h
-// back inside the message it was receiving, after RestoreQP and once its
-// RQ ring holds its dumped contents.
-func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE []byte) error {
+// RestoreProgress puts the responder of the Stopped QP with handle h back
+// inside the message it was receiving, after RestoreQP and once its RQ
+// ring holds its dumped contents, and gives a UD or UC QP back the
+// requests it held, which it processes when resumed.
+func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE, held []byte) error {
+	if int(p.HeldBytes) != len(held) {
+		return fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
+	}
 	in := encode(p)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}
 	bufs := [][]byte{in}
 	if len(srqWQE) > 0 {
 		attrs = append(attrs, inAttr(attrSRQWQE, srqWQE))
 		bufs = append(bufs, srqWQE)
+	}
+	if len(held) > 0 {
+		hb := heldBuf(held)
+		attrs = append(attrs, inAttr(attrHeld, hb))
+		bufs = append(bufs, hb, held)
 	}
 	return c.ioctl(fmt.Sprintf("restore responder progress of QP %d", h), objMigRestore, methodRestoreProgress, attrs, bufs...)
 }

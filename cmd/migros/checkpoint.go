@@ -163,8 +163,12 @@ func inspect(args []string) error {
 			fmt.Fprintf(tw, "  SRQ\t%d\tsrq %#x\tmax_wr %d pd %d\n", s.Handle, s.SRQNum, s.MaxWR, s.PDHandle)
 		}
 		for _, q := range o.QPs {
-			fmt.Fprintf(tw, "  QP\t%d\tqpn %#x\ttype %d state %d -> qpn %#x; sq_psn %#x req %#x comp %#x resp %#x msn %d; %s\n",
-				q.Handle, q.QPN, q.QPType, q.QPState, q.DestQPN, q.SQPSN, q.ReqPSN, q.CompPSN, q.RespPSN, q.RespMSN, q.Mig)
+			held := ""
+			if q.Progress.HeldCount > 0 {
+				held = fmt.Sprintf("; %d requests held", q.Progress.HeldCount)
+			}
+			fmt.Fprintf(tw, "  QP\t%d\tqpn %#x\ttype %d state %d -> qpn %#x; sq_psn %#x req %#x comp %#x resp %#x msn %d; %s%s\n",
+				q.Handle, q.QPN, q.QPType, q.QPState, q.DestQPN, q.SQPSN, q.ReqPSN, q.CompPSN, q.RespPSN, q.RespMSN, q.Mig, held)
 		}
 		for _, w := range o.MWs {
 			bound := "unbound"

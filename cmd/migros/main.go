@@ -10,7 +10,7 @@
 // It also drives the migration protocol of our rdma_rxe on a running
 // process:
 //
-//	migros rxe list   --pid P [--json]    the process' RC QPs and their state
+//	migros rxe list   --pid P [--json]    the process' QPs and their state
 //	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
 //	migros rxe resume --pid P [--qp H]    resume its Stopped QPs
 //	migros rxe dump   --pid P             every RDMA object of the process (JSON)

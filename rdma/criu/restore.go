@@ -262,10 +262,6 @@ func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, er
 func Restorable(img *image.Context) error {
 	var errs []error
 	for _, q := range img.Objects.QPs {
-		if q.QPType != rdma.QPTypeRC {
-			errs = append(errs, fmt.Errorf("%w yet: QP %#x is of type %d; only RC QPs take part in the protocol",
-				ErrUnsupported, q.QPN, q.QPType))
-		}
 		if _, err := replay(q.QPDump); err != nil {
 			errs = append(errs, err)
 		}
@@ -671,7 +667,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes); err != nil {
 			return c, err
 		}
-		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE); err != nil {
+		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE, q.Held); err != nil {
 			return c, err
 		}
 		if err := c.RestoreEvents(rdma.ObjQP, q.Handle, q.Events); err != nil {

@@ -177,6 +177,8 @@ func TestReplay(t *testing.T) {
 func TestRestorable(t *testing.T) {
 	rc := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x11, QPType: 2, QPState: 3}}
 	ud := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x12, QPType: 4, QPState: 3}}
+	uc := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x14, QPType: 3, QPState: 3}}
+	raw := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x15, QPType: 8, QPState: 3}}
 	broken := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x13, QPType: 2, QPState: 6}}
 	mr := rdma.MRObject{Handle: 7, MRDump: rdma.MRDump{LKey: 0x2f3}}
 	type1 := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x500, Type: 1, MRLKey: 0x2f3}}
@@ -190,7 +192,8 @@ func TestRestorable(t *testing.T) {
 		kind error  // what it is if not
 	}{
 		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, "", nil},
-		{"UD QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, ud}}, "QP 0x12 is of type 4", ErrUnsupported},
+		{"RC, UC and UD QPs", rdma.ContextDump{QPs: []rdma.QPObject{rc, uc, ud}}, "", nil},
+		{"raw packet QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, raw}}, "QP 0x15 of type 8", ErrUnsupported},
 		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6", ErrUnsupported},
 		{"bound MWs", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MRs: []rdma.MRObject{mr}, MWs: []rdma.MWObject{type1, type2}}, "", nil},
 		{"MW bound to a missing MR", rdma.ContextDump{MWs: []rdma.MWObject{type1}}, "MW 0x500 is bound to MR 0x2f3, which it does not hold", image.ErrCorrupt},

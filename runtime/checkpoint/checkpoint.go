@@ -39,8 +39,9 @@ var ErrUnsupported = errors.New("not supported by MigrOS checkpoint")
 
 // Refusals checks, before anything is frozen, for what MigrOS cannot
 // checkpoint in process pid and its descendants: the RDMA connection
-// manager, and QPs that a restore could not bring back (UD and UC, or in
-// an error state), which would be lost with the process.
+// manager, and QPs that a restore could not bring back (of a type other
+// than RC, UC and UD, or in an error state), which would be lost with the
+// process.
 func Refusals(pid int) error {
 	var errs []error
 	for _, p := range tree(pid) {
