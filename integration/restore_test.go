@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -262,27 +263,94 @@ func copyImages(ctx context.Context, t *testing.T, from, to *lab.Guest, dir stri
 	copyBetween(ctx, t, from, to, files...)
 }
 
-// src -> dst: an ibv_rc_pingpong checkpointed on src is restored on dst;
-// its peer learns the new address from the RESUME and both finish every
-// exchange with buffer checking.
+// src -> dst: a pingpong checkpointed on src is restored on dst; its peer
+// learns the new address from the RESUME (RC and UC: the peer QP's
+// address; UD: the peer's driver sends what its address handles send to
+// the old address and QPN to the new one) and both finish every exchange
+// with buffer checking.
 func TestRestoreOnAnotherHost(t *testing.T) {
-	ctx := testContext(t, 6*time.Minute)
-	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
-	const out, images, iters = "/tmp/move-pp.out", "/tmp/move-pp", "10000"
-	argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters}
-	server, serverOut := serve(ctx, t, peer, argv...)
-	// A pid that dst's own processes do not have.
-	pid := detached(ctx, t, src, out, 30000, append(argv, peer.Addr())...)
-	time.Sleep(2 * time.Second)
-	checkpointKill(ctx, t, src, pid, images)
-	// CRIU restores open files by path: the output file goes along.
-	copyImages(ctx, t, src, dst, images)
-	copyBetween(ctx, t, src, dst, out)
-	restore(ctx, t, dst, images, pid)
-	pingpongDone(ctx, t, server, serverOut, dst, pid, out, iters)
-	got, _ := dst.Output(ctx, "cat", out)
-	if !strings.Contains(got, "GID ::ffff:"+src.Addr()) {
-		t.Errorf("the moved process' output does not show it started on src:\n%s", got)
+	for i, tc := range []struct {
+		name, iters string
+		argv        []string
+	}{
+		{"rc", "10000", []string{"ibv_rc_pingpong", "-g", "1", "-c"}},
+		{"uc", "10000", []string{"ibv_uc_pingpong", "-g", "1", "-c"}},
+		{"ud", "20000", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t, 6*time.Minute)
+			src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+			out, images := "/tmp/move-"+tc.name+".out", "/tmp/move-"+tc.name
+			argv := append(tc.argv, "-n", tc.iters)
+			server, serverOut := serve(ctx, t, peer, argv...)
+			redirects := counters(ctx, t, peer)["mig_redirects"]
+			// A pid that dst's own processes do not have.
+			pid := detached(ctx, t, src, out, 30000+100*i, append(argv, peer.Addr())...)
+			time.Sleep(2 * time.Second)
+			checkpointKill(ctx, t, src, pid, images)
+			// CRIU restores open files by path: the output file goes along.
+			copyImages(ctx, t, src, dst, images)
+			copyBetween(ctx, t, src, dst, out)
+			restore(ctx, t, dst, images, pid)
+			pingpongDone(ctx, t, server, serverOut, dst, pid, out, tc.iters)
+			got, _ := dst.Output(ctx, "cat", out)
+			if !strings.Contains(got, "GID ::ffff:"+src.Addr()) {
+				t.Errorf("the moved process' output does not show it started on src:\n%s", got)
+			}
+			// UD: the moved QP's REDIRECT (for each of src's two GIDs,
+			// sent three times) reached the peer's driver.
+			if n := counters(ctx, t, peer)["mig_redirects"] - redirects; tc.name == "ud" && n < 2 {
+				t.Errorf("the peer applied %d REDIRECTs, want at least 2", n)
+			}
+		})
+	}
+}
+
+// A UC or UD QP that is stopped holds the requests that reach it, and its
+// image carries them to the restored QP: without them these pingpongs
+// would wait forever for the lost message. To have one arrive while the
+// QP is Stopped, the peer is frozen (with the outstanding ping in its
+// receive queue) while src's QPs are stopped, then thawed: its reply
+// reaches the Stopped QP. The process is then moved to dst.
+func TestRestoreHeldRequests(t *testing.T) {
+	for i, tc := range []struct {
+		name string
+		argv []string
+	}{
+		{"uc", []string{"ibv_uc_pingpong", "-g", "1", "-c", "-n", "5000"}},
+		{"ud", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512", "-n", "10000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t, 5*time.Minute)
+			src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+			out, images := "/tmp/held-"+tc.name+".out", "/tmp/held-"+tc.name
+			server, serverOut := serve(ctx, t, peer, tc.argv...)
+			pid := detached(ctx, t, src, out, 31000+100*i, append(tc.argv, peer.Addr())...)
+			time.Sleep(2 * time.Second)
+			peerPID := pidOf(ctx, t, peer, tc.argv[0])
+			run := func(g *lab.Guest, argv ...string) {
+				t.Helper()
+				if o, err := g.Output(ctx, argv...); err != nil {
+					t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, o)
+				}
+			}
+			run(peer, "kill", "-STOP", peerPID)
+			time.Sleep(300 * time.Millisecond)
+			run(src, "migros", "rxe", "stop", "--pid", pid)
+			run(peer, "kill", "-CONT", peerPID)
+			time.Sleep(300 * time.Millisecond)
+			checkpointKill(ctx, t, src, pid, images)
+			insp, err := src.Output(ctx, "migros", "inspect", images)
+			held := regexp.MustCompile(`; [1-9][0-9]* requests held`).FindString(insp)
+			if err != nil || held == "" {
+				t.Fatalf("the image holds no request: %v\n%s", err, insp)
+			}
+			t.Logf("image of the stopped process: QP with %s", strings.TrimPrefix(held, "; "))
+			copyImages(ctx, t, src, dst, images)
+			copyBetween(ctx, t, src, dst, out)
+			restore(ctx, t, dst, images, pid)
+			pingpongDone(ctx, t, server, serverOut, dst, pid, out, tc.argv[len(tc.argv)-1])
+		})
 	}
 }
 

@@ -89,6 +89,7 @@ const (
 	attrProgress = nsDriver + 15
 	attrSRQWQE   = nsDriver + 16
 	attrHeld     = nsDriver + 18 // the 14th patch's
+	attrOldGIDs  = nsDriver + 19 // the 15th patch's
 )
 
 // Queue is a queue shared with the process (struct rxe_mig_queue): its

@@ -55,7 +55,11 @@ func encode(v any) []byte {
 // MSN, responder resources, queue indices, token) into the QP with handle
 // h, which was recreated with the same caps, modified to the dumped IB
 // state and Stopped. It stays Stopped.
-func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes) error {
+//
+// oldGIDs, for a UD QP restored on another host, are the GIDs of the port
+// it was dumped on: when resumed, it tells the destinations of its
+// context's AHs to send what they sent it there here.
+func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes, oldGIDs []string) error {
 	in := encode(d)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrDump, in)}
 	bufs := [][]byte{in}
@@ -63,6 +67,14 @@ func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes) error {
 		r := encode(res)
 		attrs = append(attrs, inAttr(attrRespRes, r))
 		bufs = append(bufs, r)
+	}
+	if len(oldGIDs) > 0 {
+		g, err := gidBytes(oldGIDs)
+		if err != nil {
+			return err
+		}
+		attrs = append(attrs, inAttr(attrOldGIDs, g))
+		bufs = append(bufs, g)
 	}
 	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/migros/migros/rdma/criu"
@@ -148,6 +149,9 @@ func inspect(args []string) error {
 		c := imgs[id]
 		o := c.Objects
 		fmt.Fprintf(tw, "file %d: process %d fd %d %s (rdma_rxe %s), event fds %v\n", id, c.PID, c.FD, c.Device, c.MigVersion, c.EventFDs)
+		if len(c.GIDs) > 0 {
+			fmt.Fprintf(tw, "  device GIDs %s\n", strings.Join(c.GIDs, " "))
+		}
 		fmt.Fprintln(tw, "  OBJECT\tHANDLE\tID\tDETAILS")
 		for _, h := range o.PDs {
 			fmt.Fprintf(tw, "  PD\t%d\t\t\n", h)

@@ -122,6 +122,12 @@ func readRing(pid int, mem *os.File, ms []mapping, device, kind string, handle u
 // it stops the context's QPs, dumps its objects and copies its rings out
 // of the process. The process must be frozen.
 func Dump(f *os.File, pid, fd int) (*image.Context, error) {
+	// Before anything is stopped: the GIDs a UD QP restored elsewhere
+	// announces its move from.
+	gids, err := rdma.PortGIDs(f.Name())
+	if err != nil {
+		return nil, fmt.Errorf("criu: %w", err)
+	}
 	c := rdma.FromFile(f, fd)
 	if _, err := c.Stop(); err != nil {
 		return nil, err
@@ -139,7 +145,7 @@ func Dump(f *os.File, pid, fd int) (*image.Context, error) {
 		return nil, fmt.Errorf("criu: %w", err)
 	}
 	defer mem.Close()
-	img := &image.Context{PID: pid, FD: fd, Device: f.Name(), EventFDs: eventFDs(pid), Objects: objs}
+	img := &image.Context{PID: pid, FD: fd, Device: f.Name(), EventFDs: eventFDs(pid), Objects: objs, GIDs: gids}
 	if v, err := os.ReadFile("/sys/module/rdma_rxe/parameters/migros_version"); err == nil {
 		img.MigVersion = strings.TrimSpace(string(v))
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -299,6 +300,23 @@ func mwBinding(o *rdma.ContextDump, w rdma.MWObject) (mr uint32, qp *uint32, err
 		}
 	}
 	return 0, nil, fmt.Errorf("%w: MW %#x is bound to QP %#x, which it does not hold", image.ErrCorrupt, w.RKey, w.QPN)
+}
+
+// maxOldGIDs is how many old GIDs the driver takes per UD QP
+// (RXE_MIG_OLD_GIDS_MAX).
+const maxOldGIDs = 8
+
+// movedFrom is what of the GIDs old (the dumped device's) this host's
+// device (local) does not have: the addresses the process' UD QPs were
+// reached at and no longer are. None if restored where it was dumped.
+func movedFrom(old, local []string) []string {
+	var moved []string
+	for _, g := range old {
+		if !slices.Contains(local, g) && len(moved) < maxOldGIDs {
+			moved = append(moved, g)
+		}
+	}
+	return moved
 }
 
 // replay is the sequence of modify_qp calls that takes a new QP to the
@@ -660,11 +678,20 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 	}
+	hostGIDs, err := rdma.PortGIDs(img.Device)
+	if err != nil {
+		return c, err
+	}
+	moved := movedFrom(img.GIDs, hostGIDs)
 	for _, q := range o.QPs {
 		if err := c.StopQP(q.Handle); err != nil {
 			return c, err
 		}
-		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes); err != nil {
+		var oldGIDs []string
+		if q.QPType == rdma.QPTypeUD {
+			oldGIDs = moved
+		}
+		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes, oldGIDs); err != nil {
 			return c, err
 		}
 		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE, q.Held); err != nil {

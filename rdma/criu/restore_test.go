@@ -5,8 +5,10 @@ package criu
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -212,5 +214,32 @@ func TestRestorable(t *testing.T) {
 				t.Fatalf("got %v, want %v with %q", err, tc.kind, tc.want)
 			}
 		})
+	}
+}
+
+func TestMovedFrom(t *testing.T) {
+	src := []string{"::ffff:192.168.77.11", "fe80::5054:ff:fe77:11"}
+	for _, tc := range []struct {
+		name       string
+		old, local []string
+		want       []string
+	}{
+		{"same host", src, src, nil},
+		{"another host", src, []string{"::ffff:192.168.77.12", "fe80::5054:ff:fe77:12"}, src},
+		{"an address kept", src, []string{"::ffff:192.168.77.11", "fe80::1"}, src[1:]},
+		{"dumped without GIDs", nil, src, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := movedFrom(tc.old, tc.local); !slices.Equal(got, tc.want) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	many := make([]string, 12)
+	for i := range many {
+		many[i] = fmt.Sprintf("fe80::%d", i+1)
+	}
+	if got := movedFrom(many, nil); len(got) != maxOldGIDs {
+		t.Fatalf("%d old GIDs passed on, the driver takes %d", len(got), maxOldGIDs)
 	}
 }

@@ -57,6 +57,9 @@ type Context struct {
 	Objects    *rdma.ContextDump `json:"objects"`
 	Rings      []Ring            `json:"rings"`
 	MigVersion string            `json:"migros_version"` // of the module that dumped it
+	// GIDs of the device's ports when dumped: where the process' UD
+	// QPs were reached, which they announce having left.
+	GIDs []string `json:"gids,omitempty"`
 }
 
 // Encode lays out c as an image.

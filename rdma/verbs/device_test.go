@@ -209,7 +209,7 @@ func TestDeviceRestoreState(t *testing.T) {
 		st.MaxDestRDAtomic != 4 || len(res) != 4 || st.AV.DGID != g || st.AV.SGIDIndex != 1 {
 		t.Fatalf("QP after ModifyQP: %+v (%d resources)", st, len(res))
 	}
-	if err := c.RestoreQP(qa.Handle, st, res); !errors.Is(err, unix.EINVAL) {
+	if err := c.RestoreQP(qa.Handle, st, res, nil); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("restore into a QP that is not Stopped: %v, want EINVAL", err)
 	}
 	if err := c.StopQP(qa.Handle); err != nil {
@@ -225,7 +225,7 @@ func TestDeviceRestoreState(t *testing.T) {
 	want.CompRetryCnt, want.CompRNRRetry, want.SSN, want.MigToken = 3, 5, 9, 0x7777
 	want.RespResHead, want.RespResTail = 2, 1
 	res[1] = rdma.RespRes{Type: 1 << 4, FirstPSN: 0x140, LastPSN: 0x142, CurPSN: 0x141, VAOrg: 0x1000, VA: 0x1400, RKey: 0x2fa, Length: 4096, Resid: 1024}
-	if err := c.RestoreQP(qa.Handle, want, res); err != nil {
+	if err := c.RestoreQP(qa.Handle, want, res, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, gotRes, err := c.DumpQP(qa.Handle)
@@ -240,7 +240,7 @@ func TestDeviceRestoreState(t *testing.T) {
 	}
 	bad := want
 	bad.SQ.IndexMask++
-	if err := c.RestoreQP(qa.Handle, bad, nil); !errors.Is(err, unix.EINVAL) {
+	if err := c.RestoreQP(qa.Handle, bad, nil, nil); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("restore with another SQ geometry: %v, want EINVAL", err)
 	}
 
