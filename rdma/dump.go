@@ -5,7 +5,9 @@ package rdma
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"syscall"
 	"unsafe"
 )
 
@@ -382,19 +384,33 @@ func heldBuf(b []byte) []byte {
 	return v[:]
 }
 
-// DumpProgress reports the responder progress of the RC QP with handle h
-// and the SRQ receive WQE it holds, if any.
+// DumpProgress reports the responder progress of the QP with handle h,
+// of type qpType, the SRQ receive WQE it holds, if any, and for a Stopped
+// UD or UC QP the requests it holds.
 func (c *Context) DumpProgress(h uint32, qpType uint32) (p RespProgress, srqWQE, held []byte, err error) {
 	out, wqe := make([]byte, binary.Size(p)), make([]byte, maxSRQWQE)
-	attrs := []attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}
-	bufs := [][]byte{out, wqe}
-	if qpType != QPTypeRC {
-		held = make([]byte, MaxHeld*maxHeldRecord)
-		hb := heldBuf(held)
-		attrs = append(attrs, inAttr(attrHeld, hb))
-		bufs = append(bufs, hb, held)
+	call := func(held []byte) error {
+		attrs := []attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}
+		bufs := [][]byte{out, wqe}
+		if qpType != QPTypeRC {
+			hb := heldBuf(held)
+			attrs = append(attrs, inAttr(attrHeld, hb))
+			bufs = append(bufs, hb, held)
+		}
+		return c.ioctl(fmt.Sprintf("dump responder progress of QP %d", h), objMigDump, methodDumpProgress, attrs, bufs...)
 	}
-	if err := c.ioctl(fmt.Sprintf("dump responder progress of QP %d", h), objMigDump, methodDumpProgress, attrs, bufs...); err != nil {
+	// Room for a few held requests first; the driver says when there
+	// are more (ENOSPC), and the second try has room for the most it
+	// holds (more may have arrived in between).
+	if qpType != QPTypeRC {
+		held = make([]byte, 4*maxHeldRecord)
+	}
+	err = call(held)
+	if errors.Is(err, syscall.ENOSPC) && held != nil {
+		held = make([]byte, MaxHeld*maxHeldRecord)
+		err = call(held)
+	}
+	if err != nil {
 		return p, nil, nil, err
 	}
 	if err := decode(out, &p); err != nil {
