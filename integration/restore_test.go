@@ -341,11 +341,11 @@ func TestRestoreHeldRequests(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			checkpointKill(ctx, t, src, pid, images)
 			insp, err := src.Output(ctx, "migros", "inspect", images)
-			held := regexp.MustCompile(`; [1-9][0-9]* requests held`).FindString(insp)
+			held := regexp.MustCompile(`; requests held: [1-9][0-9]*`).FindString(insp)
 			if err != nil || held == "" {
 				t.Fatalf("the image holds no request: %v\n%s", err, insp)
 			}
-			t.Logf("image of the stopped process: QP with %s", strings.TrimPrefix(held, "; "))
+			t.Logf("image of the stopped process: %s", strings.TrimPrefix(held, "; "))
 			copyImages(ctx, t, src, dst, images)
 			copyBetween(ctx, t, src, dst, out)
 			restore(ctx, t, dst, images, pid)

@@ -169,7 +169,7 @@ func inspect(args []string) error {
 		for _, q := range o.QPs {
 			held := ""
 			if q.Progress.HeldCount > 0 {
-				held = fmt.Sprintf("; %d requests held", q.Progress.HeldCount)
+				held = fmt.Sprintf("; requests held: %d", q.Progress.HeldCount)
 			}
 			fmt.Fprintf(tw, "  QP\t%d\tqpn %#x\ttype %d state %d -> qpn %#x; sq_psn %#x req %#x comp %#x resp %#x msn %d; %s%s\n",
 				q.Handle, q.QPN, q.QPType, q.QPState, q.DestQPN, q.SQPSN, q.ReqPSN, q.CompPSN, q.RespPSN, q.RespMSN, q.Mig, held)
