@@ -5,6 +5,7 @@ package image
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,10 +15,16 @@ import (
 func sample() *Context {
 	return &Context{
 		PID: 42, FD: 3, Device: "/dev/infiniband/uverbs0", EventFDs: []int{4, 5}, MigVersion: "6-abc",
+		GIDs: []string{"::ffff:192.168.77.11", "fe80::5054:ff:fe77:11"},
 		Objects: &rdma.ContextDump{
 			PDs: []uint32{0},
 			CQs: []rdma.CQObject{{Handle: 1, CQDump: rdma.CQDump{CQE: 128}}},
-			QPs: []rdma.QPObject{{Handle: 2, QPDump: rdma.QPDump{QPN: 0x11, DestQPN: 0x12}}},
+			QPs: []rdma.QPObject{
+				{Handle: 2, QPDump: rdma.QPDump{QPN: 0x11, DestQPN: 0x12}},
+				// A UD QP that held one request when stopped.
+				{Handle: 4, QPDump: rdma.QPDump{QPN: 0x13, QPType: rdma.QPTypeUD},
+					Progress: rdma.RespProgress{HeldCount: 1, HeldBytes: 16}, Held: bytes.Repeat([]byte{3}, 16)},
+			},
 			MRs: []rdma.MRObject{{Handle: 3, MRDump: rdma.MRDump{LKey: 0x2fa, Length: 4096}}},
 		},
 		Rings: []Ring{
@@ -41,6 +48,10 @@ func TestRoundTrip(t *testing.T) {
 	if c.PID != want.PID || c.FD != want.FD || c.Device != want.Device || len(c.EventFDs) != 2 ||
 		c.Objects.QPs[0].QPN != 0x11 || c.Objects.MRs[0].LKey != 0x2fa || len(c.Rings) != 3 {
 		t.Fatalf("decoded %+v", c)
+	}
+	if ud := c.Objects.QPs[1]; ud.Progress.HeldCount != 1 || !bytes.Equal(ud.Held, want.Objects.QPs[1].Held) ||
+		!slices.Equal(c.GIDs, want.GIDs) {
+		t.Errorf("held requests or GIDs lost: %+v, %q", ud, c.GIDs)
 	}
 	for i, r := range c.Rings {
 		if r.Kind != want.Rings[i].Kind || r.VA != want.Rings[i].VA || !bytes.Equal(r.Data, want.Rings[i].Data) {
