@@ -166,10 +166,10 @@ type QPDump struct {
 	RespResTail     uint32   `json:"resp_res_tail"`
 	SSN             uint32   `json:"ssn"`
 	Mig             MigState `json:"mig_state"`
-	_               uint32
-	MigToken        uint64 `json:"mig_token"`
-	SQ              Queue  `json:"sq"`
-	RQ              Queue  `json:"rq"`
+	McastGroups     uint32   `json:"mcast_groups,omitempty"` // UD: multicast groups attached
+	MigToken        uint64   `json:"mig_token"`
+	SQ              Queue    `json:"sq"`
+	RQ              Queue    `json:"rq"`
 }
 
 // RespRes is a responder resource (struct rxe_mig_resp_res): how a

@@ -266,6 +266,10 @@ func Restorable(img *image.Context) error {
 		if _, err := replay(q.QPDump); err != nil {
 			errs = append(errs, err)
 		}
+		if q.McastGroups > 0 {
+			errs = append(errs, fmt.Errorf("%w: QP %#x is attached to %d multicast groups, which restore cannot rejoin",
+				ErrUnsupported, q.QPN, q.McastGroups))
+		}
 	}
 	for _, w := range img.Objects.MWs {
 		if _, _, err := mwBinding(img.Objects, w); err != nil {

@@ -181,6 +181,7 @@ func TestRestorable(t *testing.T) {
 	ud := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x12, QPType: 4, QPState: 3}}
 	uc := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x14, QPType: 3, QPState: 3}}
 	raw := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x15, QPType: 8, QPState: 3}}
+	mcast := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x16, QPType: 4, QPState: 3, McastGroups: 2}}
 	broken := rdma.QPObject{QPDump: rdma.QPDump{QPN: 0x13, QPType: 2, QPState: 6}}
 	mr := rdma.MRObject{Handle: 7, MRDump: rdma.MRDump{LKey: 0x2f3}}
 	type1 := rdma.MWObject{MWDump: rdma.MWDump{RKey: 0x500, Type: 1, MRLKey: 0x2f3}}
@@ -196,6 +197,7 @@ func TestRestorable(t *testing.T) {
 		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, "", nil},
 		{"RC, UC and UD QPs", rdma.ContextDump{QPs: []rdma.QPObject{rc, uc, ud}}, "", nil},
 		{"raw packet QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, raw}}, "QP 0x15 of type 8", ErrUnsupported},
+		{"UD QP in multicast groups", rdma.ContextDump{QPs: []rdma.QPObject{ud, mcast}}, "QP 0x16 is attached to 2 multicast groups", ErrUnsupported},
 		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6", ErrUnsupported},
 		{"bound MWs", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MRs: []rdma.MRObject{mr}, MWs: []rdma.MWObject{type1, type2}}, "", nil},
 		{"MW bound to a missing MR", rdma.ContextDump{MWs: []rdma.MWObject{type1}}, "MW 0x500 is bound to MR 0x2f3, which it does not hold", image.ErrCorrupt},
