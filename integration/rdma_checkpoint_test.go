@@ -140,3 +140,38 @@ func startCMPair(ctx context.Context, server *lab.Guest, serverArgv []string, cl
 	}
 	return p, nil
 }
+
+// A process with a UD QP attached to a multicast group is refused before
+// anything is frozen (restore could not rejoin the group), and keeps
+// running.
+func TestCheckpointRefusesMulticast(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	// GID index 0 (IPv6 link-local): perftest's default MGID is IPv6.
+	argv := []string{"ib_send_bw", "-c", "UD", "-g", "-x", "0", "-D", "20"}
+	server, serverOut := serve(ctx, t, src, argv...)
+	client, clientOut := start(ctx, t, peer, append(argv, src.Addr())...)
+	time.Sleep(3 * time.Second)
+	if src.Run(ctx, "pgrep", "-x", "ib_send_bw") != nil {
+		t.Fatalf("the multicast receiver is not running:\n%s\n%s", serverOut, clientOut)
+	}
+	pid := pidOf(ctx, t, src, "ib_send_bw")
+	out, err := src.Output(ctx, "migros", "checkpoint", "--pid", pid, "--images", "/tmp/ckpt-mcast")
+	if err == nil || !strings.Contains(err.Error(), "multicast group(s), which restore cannot rejoin") {
+		t.Fatalf("checkpoint of a multicast process: %v\n%s", err, out)
+	}
+	t.Log(err)
+	if src.Run(ctx, "test", "-e", "/tmp/ckpt-mcast") == nil {
+		t.Error("the refused checkpoint created its images directory")
+	}
+	for name, p := range map[string]*control.Process{"server": server, "client": client} {
+		select {
+		case <-p.Done():
+			t.Errorf("the %s ended after the refused checkpoint: %v", name, p.Wait())
+		default:
+		}
+	}
+	if src.Run(ctx, "test", "-d", "/proc/"+pid) != nil {
+		t.Error("the refused process is gone")
+	}
+}

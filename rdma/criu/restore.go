@@ -267,7 +267,7 @@ func Restorable(img *image.Context) error {
 			errs = append(errs, err)
 		}
 		if q.McastGroups > 0 {
-			errs = append(errs, fmt.Errorf("%w: QP %#x is attached to %d multicast groups, which restore cannot rejoin",
+			errs = append(errs, fmt.Errorf("%w: QP %#x is in %d multicast group(s), which restore cannot rejoin",
 				ErrUnsupported, q.QPN, q.McastGroups))
 		}
 	}

@@ -197,7 +197,7 @@ func TestRestorable(t *testing.T) {
 		{"RC QP and a free MW", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MWs: []rdma.MWObject{free}}, "", nil},
 		{"RC, UC and UD QPs", rdma.ContextDump{QPs: []rdma.QPObject{rc, uc, ud}}, "", nil},
 		{"raw packet QP", rdma.ContextDump{QPs: []rdma.QPObject{rc, raw}}, "QP 0x15 of type 8", ErrUnsupported},
-		{"UD QP in multicast groups", rdma.ContextDump{QPs: []rdma.QPObject{ud, mcast}}, "QP 0x16 is attached to 2 multicast groups", ErrUnsupported},
+		{"UD QP in multicast groups", rdma.ContextDump{QPs: []rdma.QPObject{ud, mcast}}, "QP 0x16 is in 2 multicast group(s)", ErrUnsupported},
 		{"QP in error", rdma.ContextDump{QPs: []rdma.QPObject{broken}}, "QP 0x13 in IB state 6", ErrUnsupported},
 		{"bound MWs", rdma.ContextDump{QPs: []rdma.QPObject{rc}, MRs: []rdma.MRObject{mr}, MWs: []rdma.MWObject{type1, type2}}, "", nil},
 		{"MW bound to a missing MR", rdma.ContextDump{MWs: []rdma.MWObject{type1}}, "MW 0x500 is bound to MR 0x2f3, which it does not hold", image.ErrCorrupt},
