@@ -283,15 +283,11 @@ func TestRestoreOnAnotherHost(t *testing.T) {
 			out, images := "/tmp/move-"+tc.name+".out", "/tmp/move-"+tc.name
 			argv := append(tc.argv, "-n", tc.iters)
 			server, serverOut := serve(ctx, t, peer, argv...)
-			redirects := counters(ctx, t, peer)["mig_redirects"]
+			before := counters(ctx, t, peer)
 			// A pid that dst's own processes do not have.
 			pid := detached(ctx, t, src, out, 30000+100*i, append(argv, peer.Addr())...)
 			time.Sleep(2 * time.Second)
-			checkpointKill(ctx, t, src, pid, images)
-			// CRIU restores open files by path: the output file goes along.
-			copyImages(ctx, t, src, dst, images)
-			copyBetween(ctx, t, src, dst, out)
-			restore(ctx, t, dst, images, pid)
+			move(ctx, t, src, dst, pid, out, images)
 			pingpongDone(ctx, t, server, serverOut, dst, pid, out, tc.iters)
 			got, _ := dst.Output(ctx, "cat", out)
 			if !strings.Contains(got, "GID ::ffff:"+src.Addr()) {
@@ -299,7 +295,7 @@ func TestRestoreOnAnotherHost(t *testing.T) {
 			}
 			// UD: the moved QP's REDIRECT (for each of src's two GIDs,
 			// sent three times) reached the peer's driver.
-			if n := counters(ctx, t, peer)["mig_redirects"] - redirects; tc.name == "ud" && n < 2 {
+			if n := delta(counters(ctx, t, peer), before, "mig_redirects"); tc.name == "ud" && n < 2 {
 				t.Errorf("the peer applied %d REDIRECTs, want at least 2", n)
 			}
 		})
@@ -328,27 +324,24 @@ func TestRestoreHeldRequests(t *testing.T) {
 			pid := detached(ctx, t, src, out, 31000+100*i, append(tc.argv, peer.Addr())...)
 			time.Sleep(2 * time.Second)
 			peerPID := pidOf(ctx, t, peer, tc.argv[0])
-			run := func(g *lab.Guest, argv ...string) {
+			signal := func(sig string) {
 				t.Helper()
-				if o, err := g.Output(ctx, argv...); err != nil {
-					t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, o)
+				if o, err := peer.Output(ctx, "kill", sig, peerPID); err != nil {
+					t.Fatalf("kill %s %s: %v\n%s", sig, peerPID, err, o)
 				}
 			}
-			run(peer, "kill", "-STOP", peerPID)
+			signal("-STOP")
 			time.Sleep(300 * time.Millisecond)
-			run(src, "migros", "rxe", "stop", "--pid", pid)
-			run(peer, "kill", "-CONT", peerPID)
+			stopQPs(ctx, t, src, pid)
+			signal("-CONT")
 			time.Sleep(300 * time.Millisecond)
-			checkpointKill(ctx, t, src, pid, images)
-			insp, err := src.Output(ctx, "migros", "inspect", images)
+			move(ctx, t, src, dst, pid, out, images)
+			insp, err := dst.Output(ctx, "migros", "inspect", images)
 			held := regexp.MustCompile(`; requests held: [1-9][0-9]*`).FindString(insp)
 			if err != nil || held == "" {
 				t.Fatalf("the image holds no request: %v\n%s", err, insp)
 			}
 			t.Logf("image of the stopped process: %s", strings.TrimPrefix(held, "; "))
-			copyImages(ctx, t, src, dst, images)
-			copyBetween(ctx, t, src, dst, out)
-			restore(ctx, t, dst, images, pid)
 			pingpongDone(ctx, t, server, serverOut, dst, pid, out, tc.argv[len(tc.argv)-1])
 		})
 	}

@@ -155,9 +155,12 @@ func (c *Context) ioctl(op string, object, method uint16, attrs []attr, bufs ...
 	return nil
 }
 
+// addrOf is the address of b's first byte, for the kernel.
+func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
+
 // outAttr points attribute id at b.
 func outAttr(id uint16, b []byte) attr {
-	return attr{id: id, len: uint16(len(b)), data: uint64(uintptr(unsafe.Pointer(&b[0])))}
+	return attr{id: id, len: uint16(len(b)), data: addrOf(b)}
 }
 
 // inAttr passes b as input attribute id: inline if it fits in 8 bytes, as

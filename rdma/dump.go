@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
-	"unsafe"
 )
 
 // Object types of the uverbs core (enum uverbs_default_objects), as the
@@ -378,7 +377,7 @@ const (
 func heldBuf(b []byte) []byte {
 	var v [16]byte
 	if len(b) > 0 {
-		binary.LittleEndian.PutUint64(v[:], uint64(uintptr(unsafe.Pointer(&b[0]))))
+		binary.LittleEndian.PutUint64(v[:], addrOf(b))
 		binary.LittleEndian.PutUint32(v[8:], uint32(len(b)))
 	}
 	return v[:]
@@ -392,7 +391,7 @@ func (c *Context) DumpProgress(h uint32, qpType uint32) (p RespProgress, srqWQE,
 	call := func(held []byte) error {
 		attrs := []attr{{id: attrQP, data: uint64(h)}, outAttr(attrProgress, out), outAttr(attrSRQWQE, wqe)}
 		bufs := [][]byte{out, wqe}
-		if qpType != QPTypeRC {
+		if held != nil {
 			hb := heldBuf(held)
 			attrs = append(attrs, inAttr(attrHeld, hb))
 			bufs = append(bufs, hb, held)
