@@ -124,11 +124,11 @@ func readRing(pid int, mem *os.File, ms []mapping, device, kind string, handle u
 func Dump(f *os.File, pid, fd int) (*image.Context, error) {
 	// Before anything is stopped: the GIDs a UD QP restored elsewhere
 	// announces its move from.
-	gids, err := rdma.PortGIDs(f.Name())
-	if err != nil {
-		return nil, fmt.Errorf("criu: %w", err)
-	}
 	c := rdma.FromFile(f, fd)
+	gids, err := c.GIDs()
+	if err != nil {
+		return nil, err
+	}
 	if _, err := c.Stop(); err != nil {
 		return nil, err
 	}

@@ -682,7 +682,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 	}
-	hostGIDs, err := rdma.PortGIDs(img.Device)
+	hostGIDs, err := c.GIDs()
 	if err != nil {
 		return c, err
 	}
