@@ -130,25 +130,36 @@ func NewDevice(a Arena, fd int) (*Device, int, error) {
 // taken with pidfd_getfd): objects it creates belong to that context.
 func AttachDevice(a Arena, fd int) *Device { return &Device{FD: fd, arena: a} }
 
-// invoke runs command cmd with core input in and, when not empty, core
-// output out and driver output uhw.
-func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
-	nattrs := 2
-	for _, o := range [][]byte{out, uhw} {
+// command is a classic verbs command: core input in and, when not empty,
+// core output out and driver output uhw, which the run fills.
+type command struct {
+	op       string
+	cmd      uint32
+	in       []byte
+	out, uhw []byte
+}
+
+// Layout: header and attributes, then in, out and the driver output.
+func (c *command) nattrs() int {
+	n := 2
+	for _, o := range [][]byte{c.out, c.uhw} {
 		if len(o) > 0 {
-			nattrs++
+			n++
 		}
 	}
-	// Layout: header and attributes, then in, out and the driver output.
+	return n
+}
+
+func (c *command) outOff() int { return hdrSize + attrSize*c.nattrs() + len(c.in) }
+func (c *command) size() int   { return c.outOff() + len(c.out) + len(c.uhw) }
+
+// layout lays the command out for address base of the arena's process.
+func (c *command) layout(base uint64) []byte {
+	nattrs := c.nattrs()
 	inOff := hdrSize + attrSize*nattrs
-	outOff := inOff + len(in)
-	uhwOff := outOff + len(out)
-	total := uhwOff + len(uhw)
-	if total > d.arena.Size() {
-		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", op, total, d.arena.Size())
-	}
-	base := d.arena.Addr()
-	b := make([]byte, total)
+	outOff := c.outOff()
+	uhwOff := outOff + len(c.out)
+	b := make([]byte, c.size())
 	le := binary.LittleEndian
 	le.PutUint16(b[0:], uint16(inOff))
 	le.PutUint16(b[2:], objDevice)
@@ -163,47 +174,77 @@ func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
 		le.PutUint64(b[o+8:], data)
 		n++
 	}
-	attr(attrWriteCmd, 8, uint64(cmd))
-	if len(in) <= 8 { // short inputs travel inline
+	attr(attrWriteCmd, 8, uint64(c.cmd))
+	if len(c.in) <= 8 { // short inputs travel inline
 		var v [8]byte
-		copy(v[:], in)
-		attr(attrCoreIn, len(in), le.Uint64(v[:]))
+		copy(v[:], c.in)
+		attr(attrCoreIn, len(c.in), le.Uint64(v[:]))
 	} else {
-		attr(attrCoreIn, len(in), base+uint64(inOff))
+		attr(attrCoreIn, len(c.in), base+uint64(inOff))
 	}
-	if len(out) > 0 {
-		attr(attrCoreOut, len(out), base+uint64(outOff))
+	if len(c.out) > 0 {
+		attr(attrCoreOut, len(c.out), base+uint64(outOff))
 	}
-	if len(uhw) > 0 {
-		attr(attrUHWOut, len(uhw), base+uint64(uhwOff))
+	if len(c.uhw) > 0 {
+		attr(attrUHWOut, len(c.uhw), base+uint64(uhwOff))
 	}
-	copy(b[inOff:], in)
+	copy(b[inOff:], c.in)
+	return b
+}
+
+// take copies the outputs from the command's laid-out region after a run.
+func (c *command) take(region []byte) {
+	o := c.outOff()
+	copy(c.out, region[o:])
+	copy(c.uhw, region[o+len(c.out):])
+}
+
+// invoke runs command cmd with core input in and, when not empty, core
+// output out and driver output uhw.
+func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
+	return d.run(&command{op: op, cmd: cmd, in: in, out: out, uhw: uhw})
+}
+
+// run runs c at the start of the arena.
+func (d *Device) run(c *command) error {
+	if c.size() > d.arena.Size() {
+		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", c.op, c.size(), d.arena.Size())
+	}
+	b := c.layout(d.arena.Addr())
 	if err := d.arena.WriteAt(b, 0); err != nil {
 		return err
 	}
 	if _, errno := d.arena.Ioctl(d.FD, verbsIoctl, 0); errno != 0 {
-		return &Error{Op: op, Errno: errno}
+		return &Error{Op: c.op, Errno: errno}
 	}
-	if err := d.arena.ReadAt(b[outOff:], outOff); err != nil {
+	o := c.outOff()
+	if err := d.arena.ReadAt(b[o:], o); err != nil {
 		return err
 	}
-	copy(out, b[outOff:uhwOff])
-	copy(uhw, b[uhwOff:])
+	c.take(b)
 	return nil
 }
 
 // AllocPD creates a protection domain and returns its handle.
 func (d *Device) AllocPD() (uint32, error) {
-	out := make([]byte, 4)
-	if err := d.invoke("alloc PD", cmdAllocPD, make([]byte, 8), out, nil); err != nil {
-		return 0, err
-	}
-	return binary.LittleEndian.Uint32(out), nil
+	c := pdCommand()
+	err := d.run(c)
+	return handleOf(c), err
 }
 
+func pdCommand() *command {
+	return &command{op: "alloc PD", cmd: cmdAllocPD, in: make([]byte, 8), out: make([]byte, 4)}
+}
+
+// handleOf is the handle a create command returned: its output's first
+// field.
+func handleOf(c *command) uint32 { return binary.LittleEndian.Uint32(c.out) }
+
 // DeallocPD destroys the protection domain with handle h.
-func (d *Device) DeallocPD(h uint32) error {
-	return d.invoke(fmt.Sprintf("dealloc PD %d", h), cmdDeallocPD, binary.LittleEndian.AppendUint32(nil, h), nil, nil)
+func (d *Device) DeallocPD(h uint32) error { return d.run(deallocPDCommand(h)) }
+
+func deallocPDCommand(h uint32) *command {
+	return &command{op: fmt.Sprintf("dealloc PD %d", h), cmd: cmdDeallocPD, in: binary.LittleEndian.AppendUint32(nil, h)}
 }
 
 // CreateCompChannel creates a completion channel and returns its fd in
@@ -236,16 +277,24 @@ type CQ struct {
 // CreateCQ creates a CQ of at least cqe entries; channel is a completion
 // channel fd in the arena's process, or -1.
 func (d *Device) CreateCQ(userHandle uint64, cqe uint32, channel int32) (CQ, error) {
+	c := cqCommand(userHandle, cqe, channel)
+	if err := d.run(c); err != nil {
+		return CQ{}, err
+	}
+	return cqOf(c), nil
+}
+
+func cqCommand(userHandle uint64, cqe uint32, channel int32) *command {
 	le := binary.LittleEndian
 	in := make([]byte, 32)
 	le.PutUint64(in[8:], userHandle)
 	le.PutUint32(in[16:], cqe)
 	le.PutUint32(in[24:], uint32(channel))
-	out, uhw := make([]byte, 8), make([]byte, 16)
-	if err := d.invoke("create CQ", cmdCreateCQ, in, out, uhw); err != nil {
-		return CQ{}, err
-	}
-	return CQ{Handle: le.Uint32(out), CQE: le.Uint32(out[4:]), Queue: decodeMMInfo(uhw)}, nil
+	return &command{op: "create CQ", cmd: cmdCreateCQ, in: in, out: make([]byte, 8), uhw: make([]byte, 16)}
+}
+
+func cqOf(c *command) CQ {
+	return CQ{Handle: handleOf(c), CQE: binary.LittleEndian.Uint32(c.out[4:]), Queue: decodeMMInfo(c.uhw)}
 }
 
 // QPInit is what a QP is created with.
@@ -268,6 +317,14 @@ type QP struct {
 
 // CreateQP creates a QP.
 func (d *Device) CreateQP(q QPInit) (QP, error) {
+	c := qpCommand(q)
+	if err := d.run(c); err != nil {
+		return QP{}, err
+	}
+	return qpOf(c), nil
+}
+
+func qpCommand(q QPInit) *command {
 	le := binary.LittleEndian
 	in := make([]byte, 56)
 	le.PutUint64(in[8:], q.UserHandle)
@@ -281,11 +338,11 @@ func (d *Device) CreateQP(q QPInit) (QP, error) {
 	if q.UseSRQ {
 		in[54] = 1
 	}
-	out, uhw := make([]byte, 32), make([]byte, 32)
-	if err := d.invoke("create QP", cmdCreateQP, in, out, uhw); err != nil {
-		return QP{}, err
-	}
-	return QP{Handle: le.Uint32(out), QPN: le.Uint32(out[4:]), RQ: decodeMMInfo(uhw), SQ: decodeMMInfo(uhw[16:])}, nil
+	return &command{op: "create QP", cmd: cmdCreateQP, in: in, out: make([]byte, 32), uhw: make([]byte, 32)}
+}
+
+func qpOf(c *command) QP {
+	return QP{Handle: handleOf(c), QPN: binary.LittleEndian.Uint32(c.out[4:]), RQ: decodeMMInfo(c.uhw), SQ: decodeMMInfo(c.uhw[16:])}
 }
 
 // MR is a registered memory region.
@@ -296,6 +353,14 @@ type MR struct {
 // RegMR registers length bytes at start (in the arena's process) for
 // access (IB_ACCESS_*), with iova as the address peers use.
 func (d *Device) RegMR(pd uint32, start, length, iova uint64, access uint32) (MR, error) {
+	c := mrCommand(pd, start, length, iova, access)
+	if err := d.run(c); err != nil {
+		return MR{}, err
+	}
+	return mrOf(c), nil
+}
+
+func mrCommand(pd uint32, start, length, iova uint64, access uint32) *command {
 	le := binary.LittleEndian
 	in := make([]byte, 40)
 	le.PutUint64(in[8:], start)
@@ -303,11 +368,12 @@ func (d *Device) RegMR(pd uint32, start, length, iova uint64, access uint32) (MR
 	le.PutUint64(in[24:], iova)
 	le.PutUint32(in[32:], pd)
 	le.PutUint32(in[36:], access)
-	out := make([]byte, 12)
-	if err := d.invoke("register MR", cmdRegMR, in, out, nil); err != nil {
-		return MR{}, err
-	}
-	return MR{Handle: le.Uint32(out), LKey: le.Uint32(out[4:]), RKey: le.Uint32(out[8:])}, nil
+	return &command{op: "register MR", cmd: cmdRegMR, in: in, out: make([]byte, 12)}
+}
+
+func mrOf(c *command) MR {
+	le := binary.LittleEndian
+	return MR{Handle: handleOf(c), LKey: le.Uint32(c.out[4:]), RKey: le.Uint32(c.out[8:])}
 }
 
 // SRQ is a created shared receive queue.
@@ -318,6 +384,14 @@ type SRQ struct {
 
 // CreateSRQ creates an SRQ of at least maxWR entries of maxSGE elements.
 func (d *Device) CreateSRQ(userHandle uint64, pd, maxWR, maxSGE, limit uint32) (SRQ, error) {
+	c := srqCommand(userHandle, pd, maxWR, maxSGE, limit)
+	if err := d.run(c); err != nil {
+		return SRQ{}, err
+	}
+	return srqOf(c), nil
+}
+
+func srqCommand(userHandle uint64, pd, maxWR, maxSGE, limit uint32) *command {
 	le := binary.LittleEndian
 	in := make([]byte, 32)
 	le.PutUint64(in[8:], userHandle)
@@ -325,11 +399,11 @@ func (d *Device) CreateSRQ(userHandle uint64, pd, maxWR, maxSGE, limit uint32) (
 	le.PutUint32(in[20:], maxWR)
 	le.PutUint32(in[24:], maxSGE)
 	le.PutUint32(in[28:], limit)
-	out, uhw := make([]byte, 16), make([]byte, 24)
-	if err := d.invoke("create SRQ", cmdCreateSRQ, in, out, uhw); err != nil {
-		return SRQ{}, err
-	}
-	return SRQ{Handle: le.Uint32(out), SRQNum: le.Uint32(uhw[16:]), Queue: decodeMMInfo(uhw)}, nil
+	return &command{op: "create SRQ", cmd: cmdCreateSRQ, in: in, out: make([]byte, 16), uhw: make([]byte, 24)}
+}
+
+func srqOf(c *command) SRQ {
+	return SRQ{Handle: handleOf(c), SRQNum: binary.LittleEndian.Uint32(c.uhw[16:]), Queue: decodeMMInfo(c.uhw)}
 }
 
 // AHAttr is where an address handle sends.
@@ -345,6 +419,14 @@ type AH struct{ Handle, AHNum uint32 }
 
 // CreateAH creates an address handle in PD pd.
 func (d *Device) CreateAH(userHandle uint64, pd uint32, a AHAttr) (AH, error) {
+	c := ahCommand(userHandle, pd, a)
+	if err := d.run(c); err != nil {
+		return AH{}, err
+	}
+	return ahOf(c), nil
+}
+
+func ahCommand(userHandle uint64, pd uint32, a AHAttr) *command {
 	le := binary.LittleEndian
 	in := make([]byte, 56)
 	le.PutUint64(in[8:], userHandle)
@@ -354,28 +436,31 @@ func (d *Device) CreateAH(userHandle uint64, pd uint32, a AHAttr) (AH, error) {
 	le.PutUint32(in[40:], a.FlowLabel)
 	in[44], in[45], in[46] = a.SGIDIndex, a.HopLimit, a.TrafficClass
 	in[53], in[54] = 1, a.PortNum // is_global: RoCE always routes by GID
-	out, uhw := make([]byte, 4), make([]byte, 8)
-	if err := d.invoke("create AH", cmdCreateAH, in, out, uhw); err != nil {
-		return AH{}, err
-	}
-	return AH{Handle: le.Uint32(out), AHNum: le.Uint32(uhw)}, nil
+	return &command{op: "create AH", cmd: cmdCreateAH, in: in, out: make([]byte, 4), uhw: make([]byte, 8)}
 }
+
+func ahOf(c *command) AH { return AH{Handle: handleOf(c), AHNum: binary.LittleEndian.Uint32(c.uhw)} }
 
 // MW is an allocated memory window.
 type MW struct{ Handle, RKey uint32 }
 
 // AllocMW allocates a memory window of type typ (1 or 2) in PD pd.
 func (d *Device) AllocMW(pd uint32, typ uint8) (MW, error) {
-	le := binary.LittleEndian
-	in := make([]byte, 16)
-	le.PutUint32(in[8:], pd)
-	in[12] = typ
-	out := make([]byte, 8)
-	if err := d.invoke("alloc MW", cmdAllocMW, in, out, nil); err != nil {
+	c := mwCommand(pd, typ)
+	if err := d.run(c); err != nil {
 		return MW{}, err
 	}
-	return MW{Handle: le.Uint32(out), RKey: le.Uint32(out[4:])}, nil
+	return mwOf(c), nil
 }
+
+func mwCommand(pd uint32, typ uint8) *command {
+	in := make([]byte, 16)
+	binary.LittleEndian.PutUint32(in[8:], pd)
+	in[12] = typ
+	return &command{op: "alloc MW", cmd: cmdAllocMW, in: in, out: make([]byte, 8)}
+}
+
+func mwOf(c *command) MW { return MW{Handle: handleOf(c), RKey: binary.LittleEndian.Uint32(c.out[4:])} }
 
 // QP attribute mask bits (enum ib_qp_attr_mask).
 const (

@@ -13,6 +13,7 @@ import (
 type fakeArena struct {
 	mem   []byte
 	attrs map[uint16][2]uint64 // id -> len, data
+	seq   byte                 // ioctls run; the first output byte of each
 }
 
 func (f *fakeArena) Addr() uint64 { return 0x10000 }
@@ -27,13 +28,15 @@ func (f *fakeArena) ReadAt(b []byte, off int) error {
 }
 func (f *fakeArena) Ioctl(fd int, req uint64, off int) (uint64, syscall.Errno) {
 	le := binary.LittleEndian
-	if req != verbsIoctl || le.Uint32(f.mem[16:]) != driverRXE || le.Uint16(f.mem[2:]) != objDevice {
+	hdr := f.mem[off:]
+	if req != verbsIoctl || le.Uint32(hdr[16:]) != driverRXE || le.Uint16(hdr[2:]) != objDevice {
 		return 0, syscall.EINVAL
 	}
+	f.seq++
 	f.attrs = map[uint16][2]uint64{}
-	for i := 0; i < int(le.Uint16(f.mem[6:])); i++ {
+	for i := 0; i < int(le.Uint16(hdr[6:])); i++ {
 		o := hdrSize + attrSize*i
-		f.attrs[le.Uint16(f.mem[o:])] = [2]uint64{uint64(le.Uint16(f.mem[o+2:])), le.Uint64(f.mem[o+8:])}
+		f.attrs[le.Uint16(hdr[o:])] = [2]uint64{uint64(le.Uint16(hdr[o+2:])), le.Uint64(hdr[o+8:])}
 	}
 	// Fill outputs with a recognisable pattern: byte i = i+1.
 	for _, id := range []uint16{attrCoreOut, attrUHWOut} {

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package verbs
+
+import (
+	"fmt"
+	"syscall"
+)
+
+// IoctlAt is one ioctl of a batch: ioctl(fd, Req, arena address + Off).
+type IoctlAt struct {
+	Req uint64
+	Off int
+}
+
+// Batcher is an Arena that runs a series of ioctls in one go: a restore
+// pays a ptrace round trip per request into the restored process, which
+// under emulation costs more than the calls it runs.
+type Batcher interface {
+	Arena
+	// IoctlBatch runs calls in order on fd and stops after the first
+	// that fails. It may use the arena from offset scratch on (64 bytes
+	// per call). It returns how many ran and the errno of the last one
+	// if it failed.
+	IoctlBatch(fd int, calls []IoctlAt, scratch int) (int, syscall.Errno, error)
+}
+
+// BatchEntrySize is the scratch a Batcher may use per call.
+const BatchEntrySize = 64
+
+// Batch queues commands for a Device whose arena is a Batcher and runs
+// them when the arena is full or on Flush, in the order queued. A command
+// that fails stops the run: Flush returns its error and what was queued
+// after it does not run. Each command's done runs, in order, once the
+// commands up to it have run.
+type Batch struct {
+	d     *Device
+	arena Batcher
+	buf   []byte
+	cmds  []queued
+}
+
+type queued struct {
+	op   string
+	req  uint64
+	off  int
+	size int
+	done func(region []byte) error
+}
+
+// Batch starts a batch of commands on the device.
+func (d *Device) Batch() (*Batch, error) {
+	b, ok := d.arena.(Batcher)
+	if !ok {
+		return nil, fmt.Errorf("verbs: the arena of fd %d cannot run batches", d.FD)
+	}
+	return &Batch{d: d, arena: b}, nil
+}
+
+func align8(n int) int { return (n + 7) &^ 7 }
+
+// Ioctl queues ioctl(fd, req, p) where p is size bytes of the arena that
+// layout fills, given the address they will be at. done, if not nil,
+// gets them back after the run.
+func (b *Batch) Ioctl(op string, req uint64, size int, layout func(base uint64) []byte, done func(region []byte) error) error {
+	need := func(off, n int) int { return align8(off+size) + BatchEntrySize*n }
+	off := align8(len(b.buf))
+	if need(off, len(b.cmds)+1) > b.arena.Size() {
+		if err := b.Flush(); err != nil {
+			return err
+		}
+		off = 0
+		if need(0, 1) > b.arena.Size() {
+			return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", op, need(0, 1), b.arena.Size())
+		}
+	}
+	region := layout(b.arena.Addr() + uint64(off))
+	if len(region) != size {
+		return fmt.Errorf("verbs: %s laid out %d bytes, not %d", op, len(region), size)
+	}
+	b.buf = append(b.buf, make([]byte, off-len(b.buf))...)
+	b.buf = append(b.buf, region...)
+	b.cmds = append(b.cmds, queued{op: op, req: req, off: off, size: size, done: done})
+	return nil
+}
+
+// command queues c; done, if not nil, runs once it has run.
+func (b *Batch) command(c *command, done func() error) error {
+	return b.Ioctl(c.op, verbsIoctl, c.size(), c.layout, func(region []byte) error {
+		c.take(region)
+		if done == nil {
+			return nil
+		}
+		return done()
+	})
+}
+
+// Flush runs what is queued.
+func (b *Batch) Flush() error {
+	if len(b.cmds) == 0 {
+		return nil
+	}
+	cmds := b.cmds
+	b.cmds = nil
+	buf := b.buf
+	b.buf = nil
+	if err := b.arena.WriteAt(buf, 0); err != nil {
+		return err
+	}
+	calls := make([]IoctlAt, len(cmds))
+	for i, c := range cmds {
+		calls[i] = IoctlAt{Req: c.req, Off: c.off}
+	}
+	ran, errno, err := b.arena.IoctlBatch(b.d.FD, calls, align8(len(buf)))
+	if err != nil {
+		return err
+	}
+	if err := b.arena.ReadAt(buf, 0); err != nil {
+		return err
+	}
+	ok := ran
+	if errno != 0 {
+		ok--
+	}
+	for _, c := range cmds[:ok] {
+		if c.done == nil {
+			continue
+		}
+		if err := c.done(buf[c.off : c.off+c.size]); err != nil {
+			return err
+		}
+	}
+	if errno != 0 {
+		return &Error{Op: cmds[ok].op, Errno: errno}
+	}
+	if ran != len(cmds) {
+		return fmt.Errorf("verbs: a batch ran %d of %d commands", ran, len(cmds))
+	}
+	return nil
+}
+
+// name prefixes a command's op with what it is for, for errors.
+func name(what string, c *command) *command {
+	if what != "" {
+		c.op = what + ": " + c.op
+	}
+	return c
+}
+
+// AllocPD queues the creation of a protection domain; done gets its
+// handle.
+func (b *Batch) AllocPD(what string, done func(h uint32) error) error {
+	c := name(what, pdCommand())
+	return b.command(c, func() error { return done(handleOf(c)) })
+}
+
+// DeallocPD queues the destruction of the protection domain of handle h.
+func (b *Batch) DeallocPD(h uint32) error { return b.command(deallocPDCommand(h), nil) }
+
+// CreateCQ queues Device.CreateCQ.
+func (b *Batch) CreateCQ(what string, userHandle uint64, cqe uint32, channel int32, done func(CQ) error) error {
+	c := name(what, cqCommand(userHandle, cqe, channel))
+	return b.command(c, func() error { return done(cqOf(c)) })
+}
+
+// CreateQP queues Device.CreateQP.
+func (b *Batch) CreateQP(what string, q QPInit, done func(QP) error) error {
+	c := name(what, qpCommand(q))
+	return b.command(c, func() error { return done(qpOf(c)) })
+}
+
+// RegMR queues Device.RegMR.
+func (b *Batch) RegMR(what string, pd uint32, start, length, iova uint64, access uint32, done func(MR) error) error {
+	c := name(what, mrCommand(pd, start, length, iova, access))
+	return b.command(c, func() error { return done(mrOf(c)) })
+}
+
+// CreateSRQ queues Device.CreateSRQ.
+func (b *Batch) CreateSRQ(what string, userHandle uint64, pd, maxWR, maxSGE, limit uint32, done func(SRQ) error) error {
+	c := name(what, srqCommand(userHandle, pd, maxWR, maxSGE, limit))
+	return b.command(c, func() error { return done(srqOf(c)) })
+}
+
+// CreateAH queues Device.CreateAH.
+func (b *Batch) CreateAH(what string, userHandle uint64, pd uint32, a AHAttr, done func(AH) error) error {
+	c := name(what, ahCommand(userHandle, pd, a))
+	return b.command(c, func() error { return done(ahOf(c)) })
+}
+
+// AllocMW queues Device.AllocMW.
+func (b *Batch) AllocMW(what string, pd uint32, typ uint8, done func(MW) error) error {
+	c := name(what, mwCommand(pd, typ))
+	return b.command(c, func() error { return done(mwOf(c)) })
+}
+
+// IoctlBatch runs the calls one after another in this process.
+func (a *LocalArena) IoctlBatch(fd int, calls []IoctlAt, scratch int) (int, syscall.Errno, error) {
+	for i, c := range calls {
+		if _, errno := a.Ioctl(fd, c.Req, c.Off); errno != 0 {
+			return i + 1, errno, nil
+		}
+	}
+	return len(calls), 0, nil
+}
