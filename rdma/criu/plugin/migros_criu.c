@@ -211,12 +211,53 @@ CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__UPDATE_VMA_MAP, migros_update_vma)
 /*
  * A system call migros asks for (executor ABI, rdma/criu/task.go), in
  * thread tid of the task, 0 for its main thread; the reply is its result.
+ * nr EXEC_BATCH asks for a table of calls instead: args[0] is its address
+ * in the task, args[1] the number of entries (struct batch_entry); the
+ * reply is how many ran.
  */
 struct exec_req {
 	uint64_t nr;
 	uint64_t args[6];
 	uint64_t tid;
 };
+
+#define EXEC_BATCH	UINT64_MAX
+
+/*
+ * The code the task runs: at 0, "syscall; int3" for one call; at
+ * stub_batch, a loop over a table of { nr, args[6], result } (r12 the
+ * table, r13 the count) that stops at the end of the table or after the
+ * first call that fails (a result from -4095 to -1), then traps. One ptrace
+ * round trip thus runs any number of calls: under emulation it costs more
+ * than the calls themselves.
+ */
+extern const unsigned char migros_stub[], migros_stub_batch[], migros_stub_end[];
+asm(".pushsection .rodata\n"
+    "migros_stub:\n"
+    "	syscall\n"
+    "	int3\n"
+    "migros_stub_batch:\n"
+    "	test %r13, %r13\n"
+    "	jz 2f\n"
+    "	mov (%r12), %rax\n"
+    "	mov 8(%r12), %rdi\n"
+    "	mov 16(%r12), %rsi\n"
+    "	mov 24(%r12), %rdx\n"
+    "	mov 32(%r12), %r10\n"
+    "	mov 40(%r12), %r8\n"
+    "	mov 48(%r12), %r9\n"
+    "	syscall\n"
+    "	mov %rax, 56(%r12)\n"
+    "	add $64, %r12\n"
+    "	dec %r13\n"
+    "	cmp $-4095, %rax\n"
+    "	jae 2f\n"
+    "	jmp migros_stub_batch\n"
+    "2:	int3\n"
+    "migros_stub_end:\n"
+    ".popsection\n");
+
+#define STUB_WORDS	16	/* room for the stub, in 8-byte words */
 
 /* A thread the executor has run calls in, and the registers it had. */
 struct exec_thread {
@@ -233,16 +274,23 @@ static int64_t task_syscall(pid_t pid, const struct user_regs_struct *saved,
 			    uint64_t gadget, const struct exec_req *req)
 {
 	struct user_regs_struct r = *saved;
+	bool batch = req->nr == EXEC_BATCH;
 	int status;
 
-	r.rax = req->nr;
-	r.rdi = req->args[0];
-	r.rsi = req->args[1];
-	r.rdx = req->args[2];
-	r.r10 = req->args[3];
-	r.r8 = req->args[4];
-	r.r9 = req->args[5];
-	r.rip = gadget;
+	if (batch) {
+		r.r12 = req->args[0];
+		r.r13 = req->args[1];
+		r.rip = gadget + (migros_stub_batch - migros_stub);
+	} else {
+		r.rax = req->nr;
+		r.rdi = req->args[0];
+		r.rsi = req->args[1];
+		r.rdx = req->args[2];
+		r.r10 = req->args[3];
+		r.r8 = req->args[4];
+		r.r9 = req->args[5];
+		r.rip = gadget;
+	}
 	r.orig_rax = -1;	/* no syscall restart on the way out */
 	if (ptrace(PTRACE_SETREGS, pid, NULL, &r) ||
 	    ptrace(PTRACE_CONT, pid, NULL, NULL))
@@ -256,7 +304,7 @@ static int64_t task_syscall(pid_t pid, const struct user_regs_struct *saved,
 	}
 	if (ptrace(PTRACE_GETREGS, pid, NULL, &r))
 		return -errno;
-	return r.rax;
+	return batch ? (int64_t)(req->args[1] - r.r13) : (int64_t)r.rax;
 }
 
 /* The start of an executable mapping of the task (its rip may not be). */
@@ -331,15 +379,47 @@ static struct exec_thread *exec_thread(pid_t task, pid_t tid,
 	return t;
 }
 
+/* Put back the first n words of the task's code that the stub replaced. */
+static int take_stub(pid_t task, uint64_t gadget, const uint64_t *orig, int n)
+{
+	int i, err = 0;
+
+	for (i = 0; i < n; i++)
+		if (ptrace(PTRACE_POKETEXT, task, gadget + 8 * i, orig[i]) && !err)
+			err = -errno;
+	return err;
+}
+
+/* Put the stub at gadget, keeping the task's code there in orig. */
+static int put_stub(pid_t task, uint64_t gadget, uint64_t *orig)
+{
+	uint64_t code[STUB_WORDS] = { 0 };
+	int i, err = 0;
+
+	memcpy(code, migros_stub, migros_stub_end - migros_stub);
+	for (i = 0; i < STUB_WORDS; i++) {
+		errno = 0;
+		orig[i] = ptrace(PTRACE_PEEKTEXT, task, gadget + 8 * i, NULL);
+		if (errno || ptrace(PTRACE_POKETEXT, task, gadget + 8 * i,
+				    code[i])) {
+			err = errno ? -errno : -EIO;
+			take_stub(task, gadget, orig, i);
+			break;
+		}
+	}
+	return err;
+}
+
 static int serve(pid_t task, int sock)
 {
-	const uint64_t code = 0xcc050f;	/* syscall; int3 */
 	struct exec_thread *ts = NULL, *t;
+	uint64_t gadget, orig[STUB_WORDS];
 	struct exec_req req;
-	uint64_t gadget, orig;
 	int64_t ret;
 	int err = 0, n = 0, i;
 
+	if (migros_stub_end - migros_stub > (long)sizeof(orig))
+		return -E2BIG;
 	gadget = find_gadget(task);
 	if (!gadget)
 		return -ENOEXEC;
@@ -347,11 +427,8 @@ static int serve(pid_t task, int sock)
 		free(ts);
 		return -ESRCH;
 	}
-	errno = 0;
-	orig = ptrace(PTRACE_PEEKTEXT, task, gadget, NULL);
-	if (errno || ptrace(PTRACE_POKETEXT, task, gadget,
-			    (orig & ~0xffffffUL) | code)) {
-		err = errno ? -errno : -EIO;
+	err = put_stub(task, gadget, orig);
+	if (err) {
 		free(ts);
 		return err;
 	}
@@ -364,8 +441,9 @@ static int serve(pid_t task, int sock)
 			break;
 		}
 	}
-	if (ptrace(PTRACE_POKETEXT, task, gadget, orig))
-		err = err ? err : -errno;
+	i = take_stub(task, gadget, orig, STUB_WORDS);
+	if (i && !err)
+		err = i;
 	for (i = 0; i < n; i++)
 		if (ptrace(PTRACE_SETREGS, ts[i].tid, NULL, &ts[i].saved))
 			err = err ? err : -errno;
