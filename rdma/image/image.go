@@ -2,23 +2,28 @@
 
 // Package image is the MigrOS RDMA image: what a checkpoint records of one
 // uverbs file of a process, next to CRIU's images (rdma-<id>.img, <id>
-// being CRIU's file id). Format, version 1, all integers little endian:
+// being CRIU's file id). Format, version 2, all integers little endian:
 //
 //	offset 0   magic "MGRSRDMA"
 //	offset 8   version (u32)
 //	offset 12  metadata length M (u32)
-//	offset 16  metadata: JSON of Context
+//	offset 16  metadata: Context as a gob stream (encoding/gob), which
+//	           describes its own types; migros inspect prints it
 //	16+M       blobs: ring contents, which the metadata references by
 //	           offset and length relative to 16+M
 //	end-4      CRC-32 (IEEE) of every byte before it
 //
 // Decode rejects anything else with an error that says what is wrong.
+//
+// Version 1 had JSON metadata. Decoding it cost more than creating the
+// objects it describes (0.75 ms per QP under emulation, 15 times the gob
+// decoding), and a restore reads the image in the blackout.
 package image
 
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -29,7 +34,7 @@ import (
 // Magic starts every image; Version is the one this package writes.
 const (
 	Magic   = "MGRSRDMA"
-	Version = 1
+	Version = 2
 )
 
 // FileName is the image of CRIU file id.
@@ -70,15 +75,22 @@ func Encode(c *Context) ([]byte, error) {
 		r.Offset, r.Length = uint64(blobs.Len()), uint64(len(r.Data))
 		blobs.Write(r.Data)
 	}
-	meta, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
+	// The ring contents go in the blobs, not in the metadata.
+	meta := *c
+	meta.Rings = make([]Ring, len(c.Rings))
+	for i, r := range c.Rings {
+		r.Data = nil
+		meta.Rings[i] = r
+	}
+	var m bytes.Buffer
+	if err := gob.NewEncoder(&m).Encode(&meta); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
 	}
 	var b bytes.Buffer
 	b.WriteString(Magic)
 	binary.Write(&b, binary.LittleEndian, uint32(Version))
-	binary.Write(&b, binary.LittleEndian, uint32(len(meta)))
-	b.Write(meta)
+	binary.Write(&b, binary.LittleEndian, uint32(m.Len()))
+	b.Write(m.Bytes())
 	b.Write(blobs.Bytes())
 	binary.Write(&b, binary.LittleEndian, crc32.ChecksumIEEE(b.Bytes()))
 	return b.Bytes(), nil
@@ -109,7 +121,7 @@ func Decode(b []byte) (*Context, error) {
 		return nil, corrupt("metadata of %d bytes overruns the image", m)
 	}
 	var c Context
-	if err := json.Unmarshal(body[head:head+int(m)], &c); err != nil {
+	if err := gob.NewDecoder(bytes.NewReader(body[head : head+int(m)])).Decode(&c); err != nil {
 		return nil, corrupt("metadata: %v", err)
 	}
 	if c.Objects == nil {
