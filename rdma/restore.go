@@ -44,6 +44,18 @@ func ShareCredCall(fd int32) (req uint64, arg []byte) {
 	return verbsIoctl, encodeCall(objMig, methodShareCred, []attr{inAttr(attrFD, v[:])})
 }
 
+// HintCallSize is the size of what HintCall lays out.
+const HintCallSize = hdrSize + attrSize + idSize
+
+// HintCall is SetHint for another process (a batch run in a restored
+// one): the ioctl request and its argument, HintCallSize bytes laid out
+// for address base of that process.
+func HintCall(id ID, base uint64) (req uint64, arg []byte) {
+	b := id.append(nil)
+	call := encodeCall(objMig, methodSetHint, []attr{{id: attrID, len: uint16(len(b)), data: base + hdrSize + attrSize}})
+	return verbsIoctl, append(call, b...)
+}
+
 // encode lays out v, a record of fixed-size fields, as the kernel's.
 func encode(v any) []byte {
 	var b bytes.Buffer
@@ -112,6 +124,9 @@ func (c *Context) RestoreMW(h, mr uint32, qp *uint32, d MWDump) error {
 // handle h, and queues a CQ's pending completion events again on its
 // completion channel.
 func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
+	if ev == (Events{}) {
+		return nil // a new object's counts are zero already
+	}
 	a, err := handleAttr(t)
 	if err != nil {
 		return err
@@ -128,6 +143,9 @@ func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
 func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE, held []byte) error {
 	if int(p.HeldBytes) != len(held) {
 		return fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
+	}
+	if p == (RespProgress{}) && len(srqWQE) == 0 {
+		return nil // between messages, holding nothing: as a new QP is
 	}
 	in := encode(p)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}

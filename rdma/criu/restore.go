@@ -101,7 +101,7 @@ func Restore(pid int, dir *os.File, e *Executor) (err error) {
 		return err
 	}
 	defer t.close()
-	a, err := newRemoteArena(t, 1<<16)
+	a, err := newRemoteArena(t, 1<<20)
 	if err != nil {
 		return err
 	}
@@ -199,49 +199,55 @@ const (
 // of the context of img and the completion channel fd of each CQ (by
 // handle; absent if none).
 func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, err error) {
-	u64 := func(addr uint64) (uint64, error) {
-		b, err := t.read(addr, 8)
-		if err != nil {
-			return 0, err
-		}
-		return binary.LittleEndian.Uint64(b), nil
-	}
-	u32 := func(addr uint64) (uint32, error) {
-		v, err := u64(addr)
-		return uint32(v), err
-	}
+	le := binary.LittleEndian
 	o := img.Objects
+	// One read for all the ibv_cq structures, one for the ibv_qp ones.
+	at := func(n int, addr func(i int) uint64) []uint64 {
+		a := make([]uint64, n)
+		for i := range a {
+			a[i] = addr(i)
+		}
+		return a
+	}
+	cqs, err := t.readAll(at(len(o.CQs), func(i int) uint64 { return o.CQs[i].UserHandle }), ibvCQHandle+4)
+	if err != nil {
+		return -1, nil, err
+	}
+	qps, err := t.readAll(at(len(o.QPs), func(i int) uint64 { return o.QPs[i].UserHandle }), ibvQPNum+4)
+	if err != nil {
+		return -1, nil, err
+	}
 	channels = map[uint32]int{}
 	var ctxAddr uint64
-	for _, cq := range o.CQs {
-		if h, err := u32(cq.UserHandle + ibvCQHandle); err != nil || h != cq.Handle {
-			return -1, nil, fmt.Errorf("%w: the ibv_cq at %#x has handle %d, not %d (not libibverbs' layout?): %v",
-				ErrUnsupported, cq.UserHandle, h, cq.Handle, err)
+	var chanCQs []uint32
+	var chanAddrs []uint64
+	for i, cq := range o.CQs {
+		b := cqs[i]
+		if h := le.Uint32(b[ibvCQHandle:]); h != cq.Handle {
+			return -1, nil, fmt.Errorf("%w: the ibv_cq at %#x has handle %d, not %d (not libibverbs' layout?)",
+				ErrUnsupported, cq.UserHandle, h, cq.Handle)
 		}
-		if ctxAddr, err = u64(cq.UserHandle + ibvCQContext); err != nil {
-			return -1, nil, err
-		}
-		ch, err := u64(cq.UserHandle + ibvCQChannel)
-		if err != nil {
-			return -1, nil, err
-		}
-		if ch != 0 {
-			fd, err := u32(ch + ibvChannelFD)
-			if err != nil {
-				return -1, nil, err
-			}
-			channels[cq.Handle] = int(int32(fd))
+		ctxAddr = le.Uint64(b[ibvCQContext:])
+		if ch := le.Uint64(b[ibvCQChannel:]); ch != 0 {
+			chanCQs = append(chanCQs, cq.Handle)
+			chanAddrs = append(chanAddrs, ch+ibvChannelFD)
 		}
 	}
-	for _, qp := range o.QPs {
-		if n, err := u32(qp.UserHandle + ibvQPNum); err != nil || n != qp.QPN {
-			return -1, nil, fmt.Errorf("%w: the ibv_qp at %#x has QPN %#x, not %#x (not libibverbs' layout?): %v",
-				ErrUnsupported, qp.UserHandle, n, qp.QPN, err)
+	fds, err := t.readAll(chanAddrs, 4)
+	if err != nil {
+		return -1, nil, err
+	}
+	for i, h := range chanCQs {
+		channels[h] = int(int32(le.Uint32(fds[i])))
+	}
+	for i, qp := range o.QPs {
+		b := qps[i]
+		if n := le.Uint32(b[ibvQPNum:]); n != qp.QPN {
+			return -1, nil, fmt.Errorf("%w: the ibv_qp at %#x has QPN %#x, not %#x (not libibverbs' layout?)",
+				ErrUnsupported, qp.UserHandle, n, qp.QPN)
 		}
 		if ctxAddr == 0 {
-			if ctxAddr, err = u64(qp.UserHandle + ibvQPContext); err != nil {
-				return -1, nil, err
-			}
+			ctxAddr = le.Uint64(b[ibvQPContext:])
 		}
 	}
 	if ctxAddr == 0 {
@@ -251,11 +257,11 @@ func appFDs(t *task, img *image.Context) (async int, channels map[uint32]int, er
 	if err != nil {
 		return -1, nil, err
 	}
-	if cmd := int(int32(binary.LittleEndian.Uint32(b[ibvCtxCmdFD:]))); cmd != img.FD {
+	if cmd := int(int32(le.Uint32(b[ibvCtxCmdFD:]))); cmd != img.FD {
 		return -1, nil, fmt.Errorf("%w: the ibv_context at %#x has cmd_fd %d, not %d (not libibverbs' layout?)",
 			ErrUnsupported, ctxAddr, cmd, img.FD)
 	}
-	return int(int32(binary.LittleEndian.Uint32(b[ibvCtxAsyncFD:]))), channels, nil
+	return int(int32(le.Uint32(b[ibvCtxAsyncFD:]))), channels, nil
 }
 
 // Restorable says whether restore can rebuild everything in img, so that
@@ -479,28 +485,45 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, fmt.Errorf("filler for handle %d got handle %d", h, got)
 		}
 	}
-	// at creates the object of handle h, with its ID hint if it has one.
-	at := func(h uint32, what string, hint *rdma.ID, create func() (uint32, error)) error {
-		if err := here.DeallocPD(h); err != nil {
+	// Every create runs in the task (the objects are charged to its
+	// cgroup and owned by it), all in one batch: for each object, in
+	// handle order per type, its filler goes, its ID hint is set and it
+	// is created. What depends on the results is checked, and the QPs
+	// are taken to their IB state, as each create's result comes back.
+	b, err := dev.Batch()
+	if err != nil {
+		return c, err
+	}
+	// at queues the creation of the object of handle h, with its ID hint
+	// if it has one; create queues the create itself.
+	at := func(h uint32, what string, hint *rdma.ID, create func(what string, check func(got uint32) error) error) error {
+		if err := b.DeallocPD(h); err != nil {
 			return err
 		}
 		if hint != nil {
-			if err := c.SetHint(*hint); err != nil {
+			id := *hint
+			req, _ := rdma.HintCall(id, 0)
+			err := b.Ioctl(what+": set ID hint", req, rdma.HintCallSize, func(base uint64) []byte {
+				_, arg := rdma.HintCall(id, base)
+				return arg
+			}, nil)
+			if err != nil {
 				return err
 			}
 		}
-		got, err := create()
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		if got != h {
-			return fmt.Errorf("%s got handle %d, want %d", what, got, h)
-		}
-		return nil
+		return create(what, func(got uint32) error {
+			if got != h {
+				return fmt.Errorf("%s got handle %d, want %d", what, got, h)
+			}
+			return nil
+		})
 	}
 
 	for _, h := range o.PDs {
-		if err := at(h, fmt.Sprintf("PD %d", h), nil, dev.AllocPD); err != nil {
+		err := at(h, fmt.Sprintf("PD %d", h), nil, func(what string, check func(uint32) error) error {
+			return b.AllocPD(what, check)
+		})
+		if err != nil {
 			return c, err
 		}
 	}
@@ -519,10 +542,11 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			}
 			ch = int32(newChannel[old])
 		}
-		err := at(q.Handle, fmt.Sprintf("CQ %d", q.Handle), nil, func() (uint32, error) {
-			cq, err := dev.CreateCQ(q.UserHandle, q.CQE, ch)
-			queues[ring("cq", q.Handle)] = cq.Queue
-			return cq.Handle, err
+		err := at(q.Handle, fmt.Sprintf("CQ %d", q.Handle), nil, func(what string, check func(uint32) error) error {
+			return b.CreateCQ(what, q.UserHandle, q.CQE, ch, func(cq verbs.CQ) error {
+				queues[ring("cq", q.Handle)] = cq.Queue
+				return check(cq.Handle)
+			})
 		})
 		if err != nil {
 			return c, err
@@ -530,19 +554,18 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	}
 	for _, s := range o.SRQs {
 		id := rdma.ID{Type: rdma.IDSRQ, Index: s.SRQNum}
-		var srq verbs.SRQ
-		err := at(s.Handle, fmt.Sprintf("SRQ %#x", s.SRQNum), &id, func() (uint32, error) {
-			var err error
-			srq, err = dev.CreateSRQ(s.UserHandle, s.PDHandle, s.MaxWR, s.MaxSGE, s.Limit)
-			return srq.Handle, err
+		err := at(s.Handle, fmt.Sprintf("SRQ %#x", s.SRQNum), &id, func(what string, check func(uint32) error) error {
+			return b.CreateSRQ(what, s.UserHandle, s.PDHandle, s.MaxWR, s.MaxSGE, s.Limit, func(srq verbs.SRQ) error {
+				if srq.SRQNum != s.SRQNum {
+					return fmt.Errorf("SRQ %#x was created as %#x", s.SRQNum, srq.SRQNum)
+				}
+				queues[ring("srq", s.Handle)] = srq.Queue
+				return check(srq.Handle)
+			})
 		})
 		if err != nil {
 			return c, err
 		}
-		if srq.SRQNum != s.SRQNum {
-			return c, fmt.Errorf("SRQ %#x was created as %#x", s.SRQNum, srq.SRQNum)
-		}
-		queues[ring("srq", s.Handle)] = srq.Queue
 	}
 	for _, q := range o.QPs {
 		init := verbs.QPInit{UserHandle: q.UserHandle, PD: q.PDHandle, SendCQ: q.SendCQHandle, RecvCQ: q.RecvCQHandle,
@@ -551,86 +574,87 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if q.SRQHandle != rdma.NoHandle {
 			init.SRQ, init.UseSRQ = q.SRQHandle, true
 		}
-		id := rdma.ID{Type: rdma.IDQP, Index: q.QPN}
-		var qp verbs.QP
-		err := at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), &id, func() (uint32, error) {
-			var err error
-			qp, err = dev.CreateQP(init)
-			return qp.Handle, err
-		})
-		if err != nil {
-			return c, err
-		}
-		if qp.QPN != q.QPN {
-			return c, fmt.Errorf("QP %#x was created as %#x", q.QPN, qp.QPN)
-		}
-		queues[ring("sq", q.Handle)], queues[ring("rq", q.Handle)] = qp.SQ, qp.RQ
 		steps, err := replay(q.QPDump)
 		if err != nil {
 			return c, err
 		}
-		for _, s := range steps {
-			if err := here.ModifyQP(q.Handle, s); err != nil {
-				return c, err
-			}
+		id := rdma.ID{Type: rdma.IDQP, Index: q.QPN}
+		err = at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), &id, func(what string, check func(uint32) error) error {
+			return b.CreateQP(what, init, func(qp verbs.QP) error {
+				if qp.QPN != q.QPN {
+					return fmt.Errorf("QP %#x was created as %#x", q.QPN, qp.QPN)
+				}
+				if err := check(qp.Handle); err != nil {
+					return err
+				}
+				queues[ring("sq", q.Handle)], queues[ring("rq", q.Handle)] = qp.SQ, qp.RQ
+				for _, s := range steps {
+					if err := here.ModifyQP(q.Handle, s); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return c, err
 		}
 	}
 	for _, m := range o.MRs {
 		id := rdma.KeyID(rdma.IDMR, m.LKey)
-		var mr verbs.MR
-		err := at(m.Handle, fmt.Sprintf("MR %#x", m.LKey), &id, func() (uint32, error) {
-			var err error
-			mr, err = dev.RegMR(m.PDHandle, m.Start, m.Length, m.IOVA, m.Access)
-			return mr.Handle, err
+		err := at(m.Handle, fmt.Sprintf("MR %#x", m.LKey), &id, func(what string, check func(uint32) error) error {
+			return b.RegMR(what, m.PDHandle, m.Start, m.Length, m.IOVA, m.Access, func(mr verbs.MR) error {
+				if mr.LKey != m.LKey || mr.RKey != m.RKey {
+					return fmt.Errorf("MR %#x/%#x was registered as %#x/%#x", m.LKey, m.RKey, mr.LKey, mr.RKey)
+				}
+				return check(mr.Handle)
+			})
 		})
 		if err != nil {
 			return c, err
-		}
-		if mr.LKey != m.LKey || mr.RKey != m.RKey {
-			return c, fmt.Errorf("MR %#x/%#x was registered as %#x/%#x", m.LKey, m.RKey, mr.LKey, mr.RKey)
 		}
 	}
 	for _, w := range o.MWs {
 		id := rdma.KeyID(rdma.IDMW, w.RKey)
-		var mw verbs.MW
-		err := at(w.Handle, fmt.Sprintf("MW %#x", w.RKey), &id, func() (uint32, error) {
-			var err error
-			mw, err = dev.AllocMW(w.PDHandle, uint8(w.Type))
-			return mw.Handle, err
+		err := at(w.Handle, fmt.Sprintf("MW %#x", w.RKey), &id, func(what string, check func(uint32) error) error {
+			return b.AllocMW(what, w.PDHandle, uint8(w.Type), func(mw verbs.MW) error {
+				if mw.RKey != w.RKey {
+					return fmt.Errorf("MW %#x was allocated as %#x", w.RKey, mw.RKey)
+				}
+				if err := check(mw.Handle); err != nil || w.MRLKey == 0 {
+					return err
+				}
+				mr, qp, err := mwBinding(o, w)
+				if err != nil {
+					return err
+				}
+				return c.RestoreMW(w.Handle, mr, qp, w.MWDump)
+			})
 		})
 		if err != nil {
 			return c, err
-		}
-		if mw.RKey != w.RKey {
-			return c, fmt.Errorf("MW %#x was allocated as %#x", w.RKey, mw.RKey)
-		}
-		if w.MRLKey != 0 {
-			mr, qp, err := mwBinding(o, w)
-			if err != nil {
-				return c, err
-			}
-			if err := c.RestoreMW(w.Handle, mr, qp, w.MWDump); err != nil {
-				return c, err
-			}
 		}
 	}
 	for _, ah := range o.AHs {
 		id := rdma.ID{Type: rdma.IDAH, Index: ah.AHNum}
 		attr := verbs.AHAttr{DGID: ah.AV.DGID, FlowLabel: ah.AV.FlowLabel, SGIDIndex: ah.AV.SGIDIndex,
 			HopLimit: ah.AV.HopLimit, TrafficClass: ah.AV.TrafficClass, PortNum: ah.AV.PortNum}
-		var got verbs.AH
-		err := at(ah.Handle, fmt.Sprintf("AH %d", ah.AHNum), &id, func() (uint32, error) {
-			var err error
-			got, err = dev.CreateAH(ah.UserHandle, ah.PDHandle, attr)
-			return got.Handle, err
+		err := at(ah.Handle, fmt.Sprintf("AH %d", ah.AHNum), &id, func(what string, check func(uint32) error) error {
+			return b.CreateAH(what, ah.UserHandle, ah.PDHandle, attr, func(got verbs.AH) error {
+				if got.AHNum != ah.AHNum {
+					return fmt.Errorf("AH %d was created as %d", ah.AHNum, got.AHNum)
+				}
+				return check(got.Handle)
+			})
 		})
 		if err != nil {
 			return c, err
 		}
-		if got.AHNum != ah.AHNum {
-			return c, fmt.Errorf("AH %d was created as %d", ah.AHNum, got.AHNum)
-		}
 	}
+	if err := b.Flush(); err != nil {
+		return c, err
+	}
+
 	for h := 0; h <= maxH; h++ {
 		if !owned[uint32(h)] {
 			if err := here.DeallocPD(uint32(h)); err != nil {
@@ -638,9 +662,9 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			}
 		}
 	}
-
-	// Rings: the new queue buffers go where the process has them mapped,
-	// with the dumped contents.
+	// Rings: the new queue buffers go where the process has them mapped
+	// (all mapped in one batch), with the dumped contents.
+	var maps []Call
 	for _, r := range img.Rings {
 		q, ok := queues[ring(r.Kind, r.Handle)]
 		if !ok {
@@ -650,17 +674,22 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if page := uint64(os.Getpagesize()); uint64(q.Size) != (uint64(len(r.Data))+page-1)/page*page {
 			return c, fmt.Errorf("%s ring of handle %d: %d bytes recreated, %d dumped", r.Kind, r.Handle, q.Size, len(r.Data))
 		}
-		va, err := t.call(fmt.Sprintf("mmap of the %s of handle %d", r.Kind, r.Handle), unix.SYS_MMAP, r.VA, uint64(q.Size),
-			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED, uint64(fd), q.Offset)
-		if err != nil {
-			return c, err
+		maps = append(maps, Call{Op: fmt.Sprintf("mmap of the %s of handle %d", r.Kind, r.Handle), NR: unix.SYS_MMAP,
+			Args: [6]uint64{r.VA, uint64(q.Size), unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | unix.MAP_FIXED, uint64(fd), q.Offset}})
+	}
+	vas, err := t.batch(a, maps)
+	if err != nil {
+		return c, err
+	}
+	contents := make([]memWrite, len(img.Rings))
+	for i, r := range img.Rings {
+		if vas[i] != r.VA {
+			return c, fmt.Errorf("%s ring of handle %d mapped at %#x, not %#x", r.Kind, r.Handle, vas[i], r.VA)
 		}
-		if va != r.VA {
-			return c, fmt.Errorf("%s ring of handle %d mapped at %#x, not %#x", r.Kind, r.Handle, va, r.VA)
-		}
-		if err := t.write(r.VA, r.Data); err != nil {
-			return c, err
-		}
+		contents[i] = memWrite{addr: r.VA, data: r.Data}
+	}
+	if err := t.writeAll(contents); err != nil {
+		return c, err
 	}
 
 	// The driver's own state: it stays Stopped until resumed. Then the
@@ -687,10 +716,13 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		return c, err
 	}
 	moved := movedFrom(img.GIDs, hostGIDs)
+	// One call stops them all: this context has no other QPs.
+	if n, err := c.Stop(); err != nil {
+		return c, err
+	} else if n != len(o.QPs) {
+		return c, fmt.Errorf("stopped %d QPs, restored %d", n, len(o.QPs))
+	}
 	for _, q := range o.QPs {
-		if err := c.StopQP(q.Handle); err != nil {
-			return c, err
-		}
 		var oldGIDs []string
 		if q.QPType == rdma.QPTypeUD {
 			oldGIDs = moved
