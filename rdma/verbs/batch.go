@@ -41,7 +41,8 @@ type Batch struct {
 }
 
 type queued struct {
-	op   string
+	op   string // or, for a command, its name
+	cmd  *command
 	req  uint64
 	off  int
 	size int
@@ -84,15 +85,26 @@ func (b *Batch) Ioctl(op string, req uint64, size int, layout func(base uint64) 
 	return nil
 }
 
+func (q queued) name() string {
+	if q.cmd != nil {
+		return q.cmd.name()
+	}
+	return q.op
+}
+
 // command queues c; done, if not nil, runs once it has run.
 func (b *Batch) command(c *command, done func() error) error {
-	return b.Ioctl(c.op, verbsIoctl, c.size(), c.layout, func(region []byte) error {
+	err := b.Ioctl("", verbsIoctl, c.size(), c.layout, func(region []byte) error {
 		c.take(region)
 		if done == nil {
 			return nil
 		}
 		return done()
 	})
+	if err == nil {
+		b.cmds[len(b.cmds)-1].cmd = c
+	}
+	return err
 }
 
 // Flush runs what is queued.
@@ -131,7 +143,7 @@ func (b *Batch) Flush() error {
 		}
 	}
 	if errno != 0 {
-		return &Error{Op: cmds[ok].op, Errno: errno}
+		return &Error{Op: cmds[ok].name(), Errno: errno}
 	}
 	if ran != len(cmds) {
 		return fmt.Errorf("verbs: a batch ran %d of %d commands", ran, len(cmds))
@@ -139,11 +151,9 @@ func (b *Batch) Flush() error {
 	return nil
 }
 
-// name prefixes a command's op with what it is for, for errors.
+// name says what c is for, in errors.
 func name(what string, c *command) *command {
-	if what != "" {
-		c.op = what + ": " + c.op
-	}
+	c.what = what
 	return c
 }
 
@@ -191,6 +201,11 @@ func (b *Batch) CreateAH(what string, userHandle uint64, pd uint32, a AHAttr, do
 func (b *Batch) AllocMW(what string, pd uint32, typ uint8, done func(MW) error) error {
 	c := name(what, mwCommand(pd, typ))
 	return b.command(c, func() error { return done(mwOf(c)) })
+}
+
+// ModifyQP queues Device.ModifyQP.
+func (b *Batch) ModifyQP(what string, h uint32, a QPAttr) error {
+	return b.command(name(what, modifyQPCommand(h, a)), nil)
 }
 
 // IoctlBatch runs the calls one after another in this process.

@@ -133,10 +133,25 @@ func AttachDevice(a Arena, fd int) *Device { return &Device{FD: fd, arena: a} }
 // command is a classic verbs command: core input in and, when not empty,
 // core output out and driver output uhw, which the run fills.
 type command struct {
-	op       string
+	op       string // what errors call it: a format for args
+	args     []any
+	what     string // what it is for, if given
 	cmd      uint32
 	in       []byte
 	out, uhw []byte
+}
+
+// name is what errors call the command. It is formatted only then: under
+// emulation a Sprintf per command is a measurable part of a restore.
+func (c *command) name() string {
+	n := c.op
+	if len(c.args) > 0 {
+		n = fmt.Sprintf(c.op, c.args...)
+	}
+	if c.what != "" {
+		n = c.what + ": " + n
+	}
+	return n
 }
 
 // Layout: header and attributes, then in, out and the driver output.
@@ -208,14 +223,14 @@ func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
 // run runs c at the start of the arena.
 func (d *Device) run(c *command) error {
 	if c.size() > d.arena.Size() {
-		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", c.op, c.size(), d.arena.Size())
+		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", c.name(), c.size(), d.arena.Size())
 	}
 	b := c.layout(d.arena.Addr())
 	if err := d.arena.WriteAt(b, 0); err != nil {
 		return err
 	}
 	if _, errno := d.arena.Ioctl(d.FD, verbsIoctl, 0); errno != 0 {
-		return &Error{Op: c.op, Errno: errno}
+		return &Error{Op: c.name(), Errno: errno}
 	}
 	o := c.outOff()
 	if err := d.arena.ReadAt(b[o:], o); err != nil {
@@ -244,7 +259,7 @@ func handleOf(c *command) uint32 { return binary.LittleEndian.Uint32(c.out) }
 func (d *Device) DeallocPD(h uint32) error { return d.run(deallocPDCommand(h)) }
 
 func deallocPDCommand(h uint32) *command {
-	return &command{op: fmt.Sprintf("dealloc PD %d", h), cmd: cmdDeallocPD, in: binary.LittleEndian.AppendUint32(nil, h)}
+	return &command{op: "dealloc PD %d", args: []any{h}, cmd: cmdDeallocPD, in: binary.LittleEndian.AppendUint32(nil, h)}
 }
 
 // CreateCompChannel creates a completion channel and returns its fd in
@@ -503,7 +518,9 @@ type QPAttr struct {
 }
 
 // ModifyQP changes the attributes of the QP with handle h.
-func (d *Device) ModifyQP(h uint32, a QPAttr) error {
+func (d *Device) ModifyQP(h uint32, a QPAttr) error { return d.run(modifyQPCommand(h, a)) }
+
+func modifyQPCommand(h uint32, a QPAttr) *command {
 	le := binary.LittleEndian
 	in := make([]byte, modifyQPCmdBytes)
 	// struct ib_uverbs_qp_dest at 0: the primary path.
@@ -522,5 +539,5 @@ func (d *Device) ModifyQP(h uint32, a QPAttr) error {
 	in[96], in[98] = a.State, a.PathMTU
 	in[101], in[102], in[103] = a.MaxRDAtomic, a.MaxDestRDAtomic, a.MinRNRTimer
 	in[104], in[105], in[106], in[107] = a.PortNum, a.Timeout, a.RetryCnt, a.RNRRetry
-	return d.invoke(fmt.Sprintf("modify QP %d to state %d", h, a.State), cmdModifyQP, in, nil, nil)
+	return &command{op: "modify QP %d to state %d", args: []any{h, a.State}, cmd: cmdModifyQP, in: in}
 }
