@@ -3,6 +3,7 @@
 package rdma
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -203,5 +204,53 @@ func TestShareCredCall(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, c.got, c.want)
 		}
+	}
+}
+
+func TestRelocatableCalls(t *testing.T) {
+	le := binary.LittleEndian
+	const base = 0x7f0000001000
+	d := QPDump{QPN: 0x11, SQPSN: 7}
+	res := []RespRes{{FirstPSN: 3}}
+	req, size, layout, err := RestoreQPCall(5, d, res, []string{"::ffff:192.168.77.11"})
+	if err != nil || req != verbsIoctl {
+		t.Fatalf("RestoreQPCall: %#x, %v", req, err)
+	}
+	b := layout(base)
+	if len(b) != size {
+		t.Fatalf("laid out %d bytes, said %d", len(b), size)
+	}
+	want := map[uint16][]byte{attrDump: encode(d), attrRespRes: encode(res)}
+	gid, _ := gidBytes([]string{"::ffff:192.168.77.11"})
+	want[attrOldGIDs] = gid
+	n := int(le.Uint16(b[6:]))
+	if le.Uint16(b[0:]) != uint16(hdrSize+attrSize*n) || le.Uint16(b[4:]) != methodRestoreQP || n != 4 {
+		t.Fatalf("header % x", b[:hdrSize])
+	}
+	for i := 0; i < n; i++ {
+		a := b[hdrSize+attrSize*i:]
+		id, l, data := le.Uint16(a), int(le.Uint16(a[2:])), le.Uint64(a[8:])
+		if id == attrQP {
+			if data != 5 {
+				t.Errorf("QP handle attribute %d, want 5 (inline)", data)
+			}
+			continue
+		}
+		off := int(data - base)
+		if data < base || off%8 != 0 || off+l > size || !bytes.Equal(b[off:off+l], want[id]) {
+			t.Errorf("attribute %#x: %d bytes at %#x, not its buffer", id, l, data)
+		}
+		delete(want, id)
+	}
+	if len(want) != 0 {
+		t.Errorf("attributes missing: %v", want)
+	}
+
+	id := ID{Type: IDQP, Index: 0x11}
+	_, size, layout = HintCall(id)
+	b = layout(base)
+	if a := b[hdrSize:]; len(b) != size || le.Uint16(a) != attrID || le.Uint64(a[8:]) != base+hdrSize+attrSize ||
+		!bytes.Equal(b[hdrSize+attrSize:], id.append(nil)) {
+		t.Fatalf("hint call % x", b)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // MigrOS restore object and methods (rxe_mig_abi.h).
@@ -44,16 +45,12 @@ func ShareCredCall(fd int32) (req uint64, arg []byte) {
 	return verbsIoctl, encodeCall(objMig, methodShareCred, []attr{inAttr(attrFD, v[:])})
 }
 
-// HintCallSize is the size of what HintCall lays out.
-const HintCallSize = hdrSize + attrSize + idSize
-
-// HintCall is SetHint for another process (a batch run in a restored
-// one): the ioctl request and its argument, HintCallSize bytes laid out
-// for address base of that process.
-func HintCall(id ID, base uint64) (req uint64, arg []byte) {
+// HintCall is SetHint for a batch run elsewhere: the ioctl request and
+// its argument, size bytes that layout lays out for address base.
+func HintCall(id ID) (req uint64, size int, layout func(base uint64) []byte) {
 	b := id.append(nil)
-	call := encodeCall(objMig, methodSetHint, []attr{{id: attrID, len: uint16(len(b)), data: base + hdrSize + attrSize}})
-	return verbsIoctl, append(call, b...)
+	size, layout = relocatable(objMig, methodSetHint, []attr{inAttr(attrID, b)}, [][]byte{b})
+	return verbsIoctl, size, layout
 }
 
 // encode lays out v, a record of fixed-size fields, as the kernel's.
@@ -72,6 +69,55 @@ func encode(v any) []byte {
 // it was dumped on: when resumed, it tells the destinations of its
 // context's AHs to send what they sent it there here.
 func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes, oldGIDs []string) error {
+	attrs, bufs, err := restoreQPArgs(h, d, res, oldGIDs)
+	if err != nil {
+		return err
+	}
+	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
+}
+
+// RestoreQPCall is RestoreQP for a batch run elsewhere: the ioctl request
+// and its argument, size bytes that layout lays out for address base.
+func RestoreQPCall(h uint32, d QPDump, res []RespRes, oldGIDs []string) (req uint64, size int, layout func(base uint64) []byte, err error) {
+	attrs, bufs, err := restoreQPArgs(h, d, res, oldGIDs)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	size, layout = relocatable(objMigRestore, methodRestoreQP, attrs, bufs)
+	return verbsIoctl, size, layout, nil
+}
+
+// relocatable lays out a call for another address: the header and
+// attributes, then each buffer (8-byte aligned) that an attribute points
+// to, the attribute pointing to its copy.
+func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (int, func(base uint64) []byte) {
+	size := hdrSize + attrSize*len(attrs)
+	offs := make([]int, len(bufs))
+	for i, b := range bufs {
+		size = (size + 7) &^ 7
+		offs[i] = size
+		size += len(b)
+	}
+	return size, func(base uint64) []byte {
+		moved := slices.Clone(attrs)
+		for i := range moved {
+			for j, b := range bufs {
+				if len(b) > 8 && moved[i].data == addrOf(b) {
+					moved[i].data = base + uint64(offs[j])
+				}
+			}
+		}
+		out := make([]byte, size)
+		copy(out, encodeCall(object, method, moved))
+		for j, b := range bufs {
+			copy(out[offs[j]:], b)
+		}
+		return out
+	}
+}
+
+// restoreQPArgs are RestoreQP's attributes and the buffers they point to.
+func restoreQPArgs(h uint32, d QPDump, res []RespRes, oldGIDs []string) ([]attr, [][]byte, error) {
 	in := encode(d)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrDump, in)}
 	bufs := [][]byte{in}
@@ -83,12 +129,12 @@ func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes, oldGIDs []string)
 	if len(oldGIDs) > 0 {
 		g, err := gidBytes(oldGIDs)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		attrs = append(attrs, inAttr(attrOldGIDs, g))
 		bufs = append(bufs, g)
 	}
-	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
+	return attrs, bufs, nil
 }
 
 // RestoreCQ loads a dumped CQ's queue index and arm state into the CQ with
