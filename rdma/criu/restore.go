@@ -195,6 +195,35 @@ const (
 	ibvCtxReadSize = 272
 )
 
+// sortObjects puts the objects of each type in handle order, the order
+// restore creates them in.
+func sortObjects(o *rdma.ContextDump) {
+	slices.Sort(o.PDs)
+	byHandle := func(h func(i int) uint32) func(i, j int) bool {
+		return func(i, j int) bool { return h(i) < h(j) }
+	}
+	sort.Slice(o.CQs, byHandle(func(i int) uint32 { return o.CQs[i].Handle }))
+	sort.Slice(o.SRQs, byHandle(func(i int) uint32 { return o.SRQs[i].Handle }))
+	sort.Slice(o.QPs, byHandle(func(i int) uint32 { return o.QPs[i].Handle }))
+	sort.Slice(o.MRs, byHandle(func(i int) uint32 { return o.MRs[i].Handle }))
+	sort.Slice(o.MWs, byHandle(func(i int) uint32 { return o.MWs[i].Handle }))
+	sort.Slice(o.AHs, byHandle(func(i int) uint32 { return o.AHs[i].Handle }))
+}
+
+// inHandleOrder sorts the objects of each type by handle and reports
+// whether creating them by type then makes their handles strictly
+// increasing.
+func inHandleOrder(o *rdma.ContextDump) bool {
+	sortObjects(o)
+	hs := o.AllHandles()
+	for i := 1; i < len(hs); i++ {
+		if hs[i] <= hs[i-1] {
+			return false
+		}
+	}
+	return true
+}
+
 // appFDs finds, in the process' libibverbs structures, the async event fd
 // of the context of img and the completion channel fd of each CQ (by
 // handle; absent if none).
@@ -459,7 +488,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	// there runs here, on this process' copy of the file: the handle
 	// fillers, which live only while the restore runs, and modify_qp,
 	// which touches neither the task's memory nor its credentials.
-	local, err := verbs.NewLocalArena(4096)
+	local, err := verbs.NewLocalArena(1 << 20)
 	if err != nil {
 		return c, err
 	}
@@ -467,47 +496,78 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	here := verbs.AttachDevice(local, int(f.Fd()))
 
 	// uverbs gives each new object the lowest free handle of the context.
-	// Fill every handle up to the highest with a PD, then free one
-	// filler at a time just before creating the object that owns it.
+	// Objects are created by type (dependencies first), each type in
+	// handle order. If that is handle order overall, as it is unless
+	// handles were reused, each object is created when every handle
+	// below its own is taken, after a PD filler for each handle in
+	// between that no object owns. Otherwise every handle up to the
+	// highest is filled first and each object's filler freed just before
+	// it is created. The fillers left are freed at the end.
+	ordered := inHandleOrder(o)
 	handles := o.AllHandles()
-	maxH := -1
-	owned := map[uint32]bool{}
-	for _, h := range handles {
-		owned[h] = true
-		maxH = max(maxH, int(h))
-	}
-	for h := 0; h <= maxH; h++ {
-		got, err := here.AllocPD()
+	var fillers []uint32 // to free once every object is created
+	if !ordered {
+		owned := map[uint32]bool{}
+		maxH := -1
+		for _, h := range handles {
+			owned[h] = true
+			maxH = max(maxH, int(h))
+		}
+		fill, err := here.Batch()
 		if err != nil {
 			return c, err
 		}
-		if int(got) != h {
-			return c, fmt.Errorf("filler for handle %d got handle %d", h, got)
+		for h := 0; h <= maxH; h++ {
+			err := fill.AllocPD("filler", func(got uint32) error {
+				if int(got) != h {
+					return fmt.Errorf("filler for handle %d got handle %d", h, got)
+				}
+				return nil
+			})
+			if err != nil {
+				return c, err
+			}
+			if !owned[uint32(h)] {
+				fillers = append(fillers, uint32(h))
+			}
+		}
+		if err := fill.Flush(); err != nil {
+			return c, err
 		}
 	}
 	// Every create runs in the task (the objects are charged to its
-	// cgroup and owned by it), all in one batch: for each object, in
-	// handle order per type, its filler goes, its ID hint is set and it
-	// is created. What depends on the results is checked, and the QPs
-	// are taken to their IB state, as each create's result comes back.
+	// cgroup and owned by it), all in one batch with the fillers' PDs and
+	// the ID hints. What depends on the results is checked, as each
+	// result comes back.
 	b, err := dev.Batch()
 	if err != nil {
 		return c, err
 	}
+	var next uint32 // ordered: the lowest handle not taken yet
 	// at queues the creation of the object of handle h, with its ID hint
 	// if it has one; create queues the create itself.
 	at := func(h uint32, what string, hint *rdma.ID, create func(what string, check func(got uint32) error) error) error {
-		if err := b.DeallocPD(h); err != nil {
+		if ordered {
+			for ; next < h; next++ {
+				g := next
+				err := b.AllocPD("filler", func(got uint32) error {
+					if got != g {
+						return fmt.Errorf("filler for handle %d got handle %d", g, got)
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				fillers = append(fillers, g)
+			}
+			next = h + 1
+		} else if err := b.DeallocPD(h); err != nil {
 			return err
 		}
 		if hint != nil {
-			id := *hint
-			req, _ := rdma.HintCall(id, 0)
-			err := b.Ioctl(what+": set ID hint", req, rdma.HintCallSize, func(base uint64) []byte {
-				_, arg := rdma.HintCall(id, base)
-				return arg
-			}, nil)
-			if err != nil {
+			req, size, layout := rdma.HintCall(*hint)
+			if err := b.Ioctl(what+": set ID hint", req, size, layout, nil); err != nil {
 				return err
 			}
 		}
@@ -579,22 +639,23 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return c, err
 		}
 		id := rdma.ID{Type: rdma.IDQP, Index: q.QPN}
+		// The QP is taken to its IB state right after its create, in the
+		// same batch: its handle is known (and checked) in advance.
 		err = at(q.Handle, fmt.Sprintf("QP %#x", q.QPN), &id, func(what string, check func(uint32) error) error {
-			return b.CreateQP(what, init, func(qp verbs.QP) error {
+			err := b.CreateQP(what, init, func(qp verbs.QP) error {
 				if qp.QPN != q.QPN {
 					return fmt.Errorf("QP %#x was created as %#x", q.QPN, qp.QPN)
 				}
-				if err := check(qp.Handle); err != nil {
+				queues[ring("sq", q.Handle)], queues[ring("rq", q.Handle)] = qp.SQ, qp.RQ
+				return check(qp.Handle)
+			})
+			for _, s := range steps {
+				if err != nil {
 					return err
 				}
-				queues[ring("sq", q.Handle)], queues[ring("rq", q.Handle)] = qp.SQ, qp.RQ
-				for _, s := range steps {
-					if err := here.ModifyQP(q.Handle, s); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
+				err = b.ModifyQP(what, q.Handle, s)
+			}
+			return err
 		})
 		if err != nil {
 			return c, err
@@ -655,12 +716,13 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		return c, err
 	}
 
-	for h := 0; h <= maxH; h++ {
-		if !owned[uint32(h)] {
-			if err := here.DeallocPD(uint32(h)); err != nil {
-				return c, err
-			}
+	for _, h := range fillers {
+		if err := b.DeallocPD(h); err != nil {
+			return c, err
 		}
+	}
+	if err := b.Flush(); err != nil {
+		return c, err
 	}
 	// Rings: the new queue buffers go where the process has them mapped
 	// (all mapped in one batch), with the dumped contents.
@@ -722,14 +784,28 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	} else if n != len(o.QPs) {
 		return c, fmt.Errorf("stopped %d QPs, restored %d", n, len(o.QPs))
 	}
+	// All QPs' driver state in one local batch, then what only some have.
+	st, err := here.Batch()
+	if err != nil {
+		return c, err
+	}
 	for _, q := range o.QPs {
 		var oldGIDs []string
 		if q.QPType == rdma.QPTypeUD {
 			oldGIDs = moved
 		}
-		if err := c.RestoreQP(q.Handle, q.QPDump, q.RespRes, oldGIDs); err != nil {
+		req, size, layout, err := rdma.RestoreQPCall(q.Handle, q.QPDump, q.RespRes, oldGIDs)
+		if err != nil {
 			return c, err
 		}
+		if err := st.Ioctl(fmt.Sprintf("restore QP %d", q.Handle), req, size, layout, nil); err != nil {
+			return c, err
+		}
+	}
+	if err := st.Flush(); err != nil {
+		return c, err
+	}
+	for _, q := range o.QPs {
 		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE, q.Held); err != nil {
 			return c, err
 		}

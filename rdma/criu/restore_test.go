@@ -47,7 +47,9 @@ func fakePlugin(t *testing.T) (*Executor, int) {
 				a[i] = uintptr(le.Uint64(req[8+8*i:]))
 			}
 			ret := -int64(unix.ESRCH)
-			if tid := int(le.Uint64(req[56:])); tid == 0 || tid == unix.Gettid() {
+			if le.Uint64(req[:]) == execBatch {
+				ret = fakeBatch(uint64(a[0]), int(a[1]))
+			} else if tid := int(le.Uint64(req[56:])); tid == 0 || tid == unix.Gettid() {
 				r, _, errno := unix.Syscall6(uintptr(le.Uint64(req[:])), a[0], a[1], a[2], a[3], a[4], a[5])
 				ret = int64(r)
 				if errno != 0 {
@@ -60,6 +62,100 @@ func fakePlugin(t *testing.T) (*Executor, int) {
 		}
 	}()
 	return NewExecutor(ours), <-tids
+}
+
+// fakeBatch runs a table of calls as the plugin's loop does: in order,
+// each result in its entry, stopping after the first that fails.
+func fakeBatch(table uint64, n int) int64 {
+	mem, err := os.OpenFile("/proc/self/mem", os.O_RDWR, 0)
+	if err != nil {
+		return -int64(unix.EIO)
+	}
+	defer mem.Close()
+	le := binary.LittleEndian
+	for i := 0; i < n; i++ {
+		e := make([]byte, 64)
+		at := int64(table) + int64(64*i)
+		if _, err := mem.ReadAt(e, at); err != nil {
+			return -int64(unix.EFAULT)
+		}
+		var a [6]uintptr
+		for j := range a {
+			a[j] = uintptr(le.Uint64(e[8+8*j:]))
+		}
+		r, _, errno := unix.Syscall6(uintptr(le.Uint64(e)), a[0], a[1], a[2], a[3], a[4], a[5])
+		ret := int64(r)
+		if errno != 0 {
+			ret = -int64(errno)
+		}
+		if _, err := mem.WriteAt(le.AppendUint64(nil, uint64(ret)), at+56); err != nil {
+			return -int64(unix.EFAULT)
+		}
+		if errno != 0 {
+			return int64(i + 1)
+		}
+	}
+	return int64(n)
+}
+
+func TestExecutorBatch(t *testing.T) {
+	e, _ := fakePlugin(t)
+	tk, err := openTask(os.Getpid(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tk.close()
+	a, err := newRemoteArena(tk, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+
+	// Calls run in order with their results; a failure stops the table
+	// and names the call.
+	got, err := tk.batch(a, []Call{{Op: "getpid", NR: unix.SYS_GETPID}, {Op: "gettid", NR: unix.SYS_GETTID}})
+	if err != nil || len(got) != 2 || int(got[0]) != os.Getpid() {
+		t.Fatalf("batch: %v, %v", got, err)
+	}
+	got, err = tk.batch(a, []Call{{Op: "getpid", NR: unix.SYS_GETPID}, {Op: "close of a bad fd", NR: unix.SYS_CLOSE, Args: [6]uint64{1 << 20}},
+		{Op: "never", NR: unix.SYS_GETPID}})
+	if !errors.Is(err, unix.EBADF) || !strings.Contains(err.Error(), "close of a bad fd") || len(got) != 1 {
+		t.Fatalf("batch with a failing call: %v, %v", got, err)
+	}
+	// More calls than the arena holds go in several runs.
+	many := make([]Call, 4096/64*3+5)
+	for i := range many {
+		many[i] = Call{Op: "getpid", NR: unix.SYS_GETPID}
+	}
+	if got, err := tk.batch(a, many); err != nil || len(got) != len(many) {
+		t.Fatalf("batch of %d: %d results, %v", len(many), len(got), err)
+	}
+
+	// ioctls through the arena: the results of all but a failure.
+	n, errno, err := a.IoctlBatch(1<<20, []verbs.IoctlAt{{Req: 0, Off: 0}}, 1024)
+	if err != nil || n != 1 || errno != unix.EBADF {
+		t.Fatalf("ioctl batch on a bad fd: %d, %v, %v", n, errno, err)
+	}
+
+	// Many places read and written with one call each way.
+	bufs := [][]byte{[]byte("one"), []byte("two"), []byte("six")}
+	var ws []memWrite
+	var addrs []uint64
+	for i, b := range bufs {
+		at := a.addr + uint64(512*i)
+		ws = append(ws, memWrite{addr: at, data: b})
+		addrs = append(addrs, at)
+	}
+	if err := tk.writeAll(ws); err != nil {
+		t.Fatal(err)
+	}
+	back, err := tk.readAll(addrs, 3)
+	if err != nil || string(back[0])+string(back[1])+string(back[2]) != "onetwosix" {
+		t.Fatalf("read back %q, %v", back, err)
+	}
+	if _, err := tk.readAll([]uint64{8}, 3); err == nil {
+		t.Fatal("read of an unmapped address succeeded")
+	}
 }
 
 func TestExecutor(t *testing.T) {
@@ -243,5 +339,35 @@ func TestMovedFrom(t *testing.T) {
 	}
 	if got := movedFrom(many, nil); len(got) != maxOldGIDs {
 		t.Fatalf("%d old GIDs passed on, the driver takes %d", len(got), maxOldGIDs)
+	}
+}
+
+func TestInHandleOrder(t *testing.T) {
+	qps := func(hs ...uint32) []rdma.QPObject {
+		var q []rdma.QPObject
+		for _, h := range hs {
+			q = append(q, rdma.QPObject{Handle: h})
+		}
+		return q
+	}
+	for _, tc := range []struct {
+		name string
+		o    rdma.ContextDump
+		want bool
+	}{
+		{"QPs listed backwards", rdma.ContextDump{PDs: []uint32{0}, CQs: []rdma.CQObject{{Handle: 1}}, QPs: qps(5, 3, 2),
+			MRs: []rdma.MRObject{{Handle: 7}}}, true},
+		{"a QP below its CQ (handle reused)", rdma.ContextDump{PDs: []uint32{0}, CQs: []rdma.CQObject{{Handle: 4}}, QPs: qps(2, 5)}, false},
+		{"the same handle twice", rdma.ContextDump{PDs: []uint32{0}, QPs: qps(1, 1)}, false},
+		{"nothing", rdma.ContextDump{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := inHandleOrder(&tc.o); got != tc.want {
+				t.Fatalf("inHandleOrder = %v, want %v", got, tc.want)
+			}
+			if hs := tc.o.QPs; len(hs) > 1 && hs[0].Handle > hs[1].Handle {
+				t.Fatalf("QPs not sorted: %v", hs)
+			}
+		})
 	}
 }
