@@ -3,7 +3,6 @@
 package rdma
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -242,14 +241,6 @@ type AHDump struct {
 	AV         AV     `json:"av"`
 }
 
-// decode fills v, a struct of fixed-size fields laid out as the kernel's,
-// from b, which must be exactly its size.
-func decode(b []byte, v any) error {
-	if n := binary.Size(v); n != len(b) {
-		return fmt.Errorf("rdma: %T is %d bytes, kernel gave %d", v, n, len(b))
-	}
-	return binary.Read(bytes.NewReader(b), binary.LittleEndian, v)
-}
 
 // Handles lists the uverbs handles of the context's objects of type t.
 func (c *Context) Handles(t ObjectType) ([]uint32, error) {

@@ -3,7 +3,6 @@
 package rdma
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -53,12 +52,6 @@ func HintCall(id ID) (req uint64, size int, layout func(base uint64) []byte) {
 	return verbsIoctl, size, layout
 }
 
-// encode lays out v, a record of fixed-size fields, as the kernel's.
-func encode(v any) []byte {
-	var b bytes.Buffer
-	binary.Write(&b, binary.LittleEndian, v) // cannot fail for fixed-size values
-	return b.Bytes()
-}
 
 // RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
 // MSN, responder resources, queue indices, token) into the QP with handle
