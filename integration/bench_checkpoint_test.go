@@ -93,13 +93,24 @@ func runHold(ctx context.Context, b *testing.B, src, peer *lab.Guest, p *holdPoi
 		b.Fatalf("restore: %v\n%s", err, o)
 	}
 	p.restore = time.Since(start)
-	qps := listQPs(ctx, b, src, pid)
-	if len(qps) != p.qps {
-		b.Fatalf("restored process has %d QPs, want %d", len(qps), p.qps)
-	}
-	for _, q := range qps {
-		if q.Mig.String() != "none" {
-			b.Fatalf("restored QP %#x is %s", q.QPN, q.Mig)
+	// Each QP leaves Stopped when its peer acknowledges its RESUME; of a
+	// burst of 1024 some are lost and sent again (50 ms, doubling).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		qps := listQPs(ctx, b, src, pid)
+		if len(qps) != p.qps {
+			b.Fatalf("restored process has %d QPs, want %d", len(qps), p.qps)
+		}
+		stopped := 0
+		for _, q := range qps {
+			if q.Mig.String() != "none" {
+				stopped++
+			}
+		}
+		if stopped == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d restored QPs still not resumed 20 s after the restore", stopped)
 		}
 	}
 	dump, _ := src.Output(ctx, "cat", images+"/dump.log")
@@ -118,8 +129,19 @@ func BenchmarkCheckpointRestore(b *testing.B) {
 		{qps: 1, mb: 64}, {qps: 1, mb: 256}, {qps: 1, mb: 1024}}
 	// An untimed first run takes CRIU's first-run costs.
 	runHold(ctx, b, src, peer, &holdPoint{qps: 1, mb: 1}, 0)
-	for i, p := range points {
-		runHold(ctx, b, src, peer, p, i+1)
+	// TCG timings of single runs vary by tens of percent, and slow
+	// stretches come and go: each point is the fastest of three runs,
+	// measure by measure, and the rounds go through every point in turn
+	// so that a slow stretch does not fall on one point only.
+	const runs = 3
+	for r := 0; r < runs; r++ {
+		for i, p := range points {
+			run := &holdPoint{qps: p.qps, mb: p.mb}
+			runHold(ctx, b, src, peer, run, runs*i+r+1)
+			p.fastest(run, r == 0)
+		}
+	}
+	for _, p := range points {
 		b.Logf("%d QPs, %d MiB: checkpoint %v (RDMA %v), restore %v (RDMA %v)", p.qps, p.mb,
 			p.ckpt.Round(time.Millisecond), p.rdmaDump.Round(time.Millisecond),
 			p.restore.Round(time.Millisecond), p.rdmaResto.Round(time.Millisecond))
@@ -135,8 +157,8 @@ func BenchmarkCheckpointRestore(b *testing.B) {
 		"RDMA = time inside MigrOS' CRIU plugin hooks (dump: reading each uverbs file's objects and writing the image; "+
 		"restore: rebuilding every object inside the task and resuming), from the timestamps of CRIU's own logs, "+
 		"including the start of the `migros` helper each hook runs. Fresh = the same objects created by the program itself "+
-		"(QPs: create, INIT, RTR, RTS; MR: ibv_reg_mr), timed in it. One run each; TCG makes absolute times several times "+
-		"those of real hardware.\n\n", src.MemoryMB)
+		"(QPs: create, INIT, RTR, RTS; MR: ibv_reg_mr), timed in it. Each figure is the fastest of three runs; TCG makes "+
+		"absolute times several times those of real hardware.\n\n", src.MemoryMB)
 	fmt.Fprintf(&rep, "| QPs | MR | fresh QPs | fresh MR | checkpoint | RDMA dump | RDMA share | restore | RDMA restore | RDMA share |\n")
 	fmt.Fprintf(&rep, "|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range points {
@@ -163,3 +185,16 @@ func BenchmarkCheckpointRestore(b *testing.B) {
 }
 
 func p2d(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// fastest keeps, for each measure, the smaller of p's and run's (run's
+// alone if first).
+func (p *holdPoint) fastest(run *holdPoint, first bool) {
+	for _, m := range []struct{ to, from *time.Duration }{
+		{&p.freshQPs, &run.freshQPs}, {&p.freshMR, &run.freshMR}, {&p.ckpt, &run.ckpt},
+		{&p.rdmaDump, &run.rdmaDump}, {&p.restore, &run.restore}, {&p.rdmaResto, &run.rdmaResto},
+	} {
+		if first || *m.from < *m.to {
+			*m.to = *m.from
+		}
+	}
+}
