@@ -241,7 +241,6 @@ type AHDump struct {
 	AV         AV     `json:"av"`
 }
 
-
 // Handles lists the uverbs handles of the context's objects of type t.
 func (c *Context) Handles(t ObjectType) ([]uint32, error) {
 	for capacity := 256; ; capacity *= 4 {

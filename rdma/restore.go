@@ -52,7 +52,6 @@ func HintCall(id ID) (req uint64, size int, layout func(base uint64) []byte) {
 	return verbsIoctl, size, layout
 }
 
-
 // RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
 // MSN, responder resources, queue indices, token) into the QP with handle
 // h, which was recreated with the same caps, modified to the dumped IB
