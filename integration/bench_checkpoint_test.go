@@ -61,7 +61,7 @@ func pluginTime(log string) time.Duration {
 	return total
 }
 
-func runHold(ctx context.Context, b *testing.B, src, peer *lab.Guest, p *holdPoint, n int) {
+func runHold(ctx context.Context, b testing.TB, src, peer *lab.Guest, p *holdPoint, n int) {
 	args := []string{"rdmacheck", "-H", "-q", fmt.Sprint(p.qps), "-s", fmt.Sprint(p.mb << 20)}
 	server, _ := serve(ctx, b, peer, args...)
 	defer server.Kill()

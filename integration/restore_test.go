@@ -624,3 +624,19 @@ func TestRestoreTwoDevices(t *testing.T) {
 	got, _ := src.Output(ctx, "cat", out)
 	mixedDone(t, rounds, map[string]string{"peer": clientOut.String(), "restored": got})
 }
+
+// TestRestoreInHandleOrder: rdmacheck -H creates its PD, CQ, QPs and MR
+// in the order restore creates objects by type, so their handles increase
+// in that order and restore takes its handle-order path (a filler only
+// for a handle no object owns). The other tests' programs register MRs
+// before creating QPs and take the filler-per-object path. Restore checks
+// each object's handle, QPN and keys; every QP must then resume.
+func TestRestoreInHandleOrder(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	p := &holdPoint{qps: 8, mb: 1}
+	runHold(ctx, t, src, peer, p, 100)
+	if p.restore == 0 || p.rdmaResto == 0 {
+		t.Fatalf("restore of %d QPs not timed: %+v", p.qps, p)
+	}
+}

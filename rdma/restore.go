@@ -182,9 +182,6 @@ func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE, held []byte)
 	if int(p.HeldBytes) != len(held) {
 		return fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
 	}
-	if p == (RespProgress{}) && len(srqWQE) == 0 {
-		return nil // between messages, holding nothing: as a new QP is
-	}
 	in := encode(p)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}
 	bufs := [][]byte{in}
