@@ -98,17 +98,25 @@ func fakeBatch(table uint64, n int) int64 {
 	return int64(n)
 }
 
-func TestExecutorBatch(t *testing.T) {
-	e, _ := fakePlugin(t)
+// selfTask is this process as the executor's task, with a 4 KiB arena
+// in it that the caller closes.
+func selfTask(t *testing.T, e *Executor) (*task, *remoteArena) {
+	t.Helper()
 	tk, err := openTask(os.Getpid(), e)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tk.close()
+	t.Cleanup(tk.close)
 	a, err := newRemoteArena(tk, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tk, a
+}
+
+func TestExecutorBatch(t *testing.T) {
+	e, _ := fakePlugin(t)
+	tk, a := selfTask(t, e)
 	defer a.close()
 
 	// Calls run in order with their results; a failure stops the table
@@ -179,15 +187,7 @@ func TestExecutor(t *testing.T) {
 
 	// An arena "in the task" (here: this process) moves bytes and runs
 	// ioctls there.
-	tk, err := openTask(os.Getpid(), e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tk.close()
-	a, err := newRemoteArena(tk, 4096)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := selfTask(t, e)
 	if err := a.WriteAt([]byte("migros"), 100); err != nil {
 		t.Fatal(err)
 	}
