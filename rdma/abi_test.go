@@ -212,13 +212,16 @@ func TestRelocatableCalls(t *testing.T) {
 	const base = 0x7f0000001000
 	d := QPDump{QPN: 0x11, SQPSN: 7}
 	res := []RespRes{{FirstPSN: 3}}
-	req, size, layout, err := RestoreQPCall(5, d, res, []string{"::ffff:192.168.77.11"})
-	if err != nil || req != verbsIoctl {
-		t.Fatalf("RestoreQPCall: %#x, %v", req, err)
+	c, err := RestoreQPCall(5, d, res, []string{"::ffff:192.168.77.11"})
+	if err != nil || c.Req != verbsIoctl {
+		t.Fatalf("RestoreQPCall: %#x, %v", c.Req, err)
 	}
-	b := layout(base)
-	if len(b) != size {
-		t.Fatalf("laid out %d bytes, said %d", len(b), size)
+	if c.Name() != "restore QP 5" {
+		t.Errorf("named %q", c.Name())
+	}
+	b := c.Layout(base)
+	if len(b) != c.Size {
+		t.Fatalf("laid out %d bytes, said %d", len(b), c.Size)
 	}
 	want := map[uint16][]byte{attrDump: encode(d), attrRespRes: encode(res)}
 	gid, _ := gidBytes([]string{"::ffff:192.168.77.11"})
@@ -237,7 +240,7 @@ func TestRelocatableCalls(t *testing.T) {
 			continue
 		}
 		off := int(data - base)
-		if data < base || off%8 != 0 || off+l > size || !bytes.Equal(b[off:off+l], want[id]) {
+		if data < base || off%8 != 0 || off+l > c.Size || !bytes.Equal(b[off:off+l], want[id]) {
 			t.Errorf("attribute %#x: %d bytes at %#x, not its buffer", id, l, data)
 		}
 		delete(want, id)
@@ -247,10 +250,77 @@ func TestRelocatableCalls(t *testing.T) {
 	}
 
 	id := ID{Type: IDQP, Index: 0x11}
-	_, size, layout = HintCall(id)
-	b = layout(base)
-	if a := b[hdrSize:]; len(b) != size || le.Uint16(a) != attrID || le.Uint64(a[8:]) != base+hdrSize+attrSize ||
+	c = HintCall(id)
+	b = c.Layout(base)
+	if a := b[hdrSize:]; len(b) != c.Size || le.Uint16(a) != attrID || le.Uint64(a[8:]) != base+hdrSize+attrSize ||
 		!bytes.Equal(b[hdrSize+attrSize:], id.append(nil)) {
 		t.Fatalf("hint call % x", b)
+	}
+}
+
+// TestRelocatedProgress checks RESTORE_PROGRESS laid out for another
+// address: the held requests' struct rxe_mig_buf points to their copy in
+// the call, not to this process' buffer.
+func TestRelocatedProgress(t *testing.T) {
+	le := binary.LittleEndian
+	const base = 0x7f0000002000
+	held := bytes.Repeat([]byte{0xab}, 40)
+	wqe := bytes.Repeat([]byte{0xcd}, 24)
+	p := RespProgress{HeldCount: 1, HeldBytes: uint32(len(held))}
+	if _, err := RestoreProgressCall(3, RespProgress{HeldBytes: 1}, nil, nil); err == nil {
+		t.Error("a progress record that counts held bytes it does not have was laid out")
+	}
+	c, err := RestoreProgressCall(3, p, wqe, held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name() != "restore responder progress of QP 3" {
+		t.Errorf("named %q", c.Name())
+	}
+	b := c.Layout(base)
+	if len(b) != c.Size || le.Uint16(b[4:]) != methodRestoreProgress {
+		t.Fatalf("laid out %d bytes (said %d), method %d", len(b), c.Size, le.Uint16(b[4:]))
+	}
+	at := func(addr uint64, n int) []byte {
+		off := addr - base
+		if addr < base || off+uint64(n) > uint64(len(b)) {
+			t.Fatalf("%d bytes at %#x are outside the call", n, addr)
+		}
+		return b[off : off+uint64(n)]
+	}
+	got := map[uint16][]byte{}
+	for i := 0; i < int(le.Uint16(b[6:])); i++ {
+		a := b[hdrSize+attrSize*i:]
+		id, l, data := le.Uint16(a), int(le.Uint16(a[2:])), le.Uint64(a[8:])
+		if id == attrQP {
+			got[id] = a[8:16]
+			continue
+		}
+		got[id] = at(data, l)
+	}
+	if h := got[attrQP]; h == nil || le.Uint64(h) != 3 {
+		t.Errorf("QP handle attribute % x", h)
+	}
+	if !bytes.Equal(got[attrProgress], encode(p)) || !bytes.Equal(got[attrSRQWQE], wqe) {
+		t.Errorf("progress % x, SRQ WQE % x", got[attrProgress], got[attrSRQWQE])
+	}
+	hb := got[attrHeld]
+	if len(hb) != 16 || le.Uint32(hb[8:]) != uint32(len(held)) {
+		t.Fatalf("held buffer % x", hb)
+	}
+	if copied := at(le.Uint64(hb), len(held)); !bytes.Equal(copied, held) {
+		t.Errorf("the held buffer points to % x", copied)
+	}
+
+	if c, err := RestoreEventsCall(ObjQP, 3, Events{}); err != nil || c.Size != 0 {
+		t.Errorf("zero events: a call of %d bytes, %v", c.Size, err)
+	}
+	ev := Events{AsyncReported: 2}
+	c, err = RestoreEventsCall(ObjQP, 3, ev)
+	if err != nil || c.Size == 0 || c.Name() != "restore events of QP 3" {
+		t.Fatalf("events call of %d bytes named %q: %v", c.Size, c.Name(), err)
+	}
+	if b := c.Layout(base); le.Uint16(b[4:]) != methodRestoreEvents || !bytes.Contains(b, encode(ev)) {
+		t.Errorf("events call % x", b)
 	}
 }

@@ -44,12 +44,33 @@ func ShareCredCall(fd int32) (req uint64, arg []byte) {
 	return verbsIoctl, encodeCall(objMig, methodShareCred, []attr{inAttr(attrFD, v[:])})
 }
 
-// HintCall is SetHint for a batch run elsewhere: the ioctl request and
-// its argument, size bytes that layout lays out for address base.
-func HintCall(id ID) (req uint64, size int, layout func(base uint64) []byte) {
+// IoctlCall is a uverbs ioctl laid out for a batch run elsewhere (in a
+// restored process, or in a verbs.Batch here): ioctl(fd, Req, p), p being
+// Size bytes that Layout lays out for address p. Name says what it is,
+// for errors (formatted only then). A call of Size 0 has nothing to run.
+type IoctlCall struct {
+	Name   func() string
+	Req    uint64
+	Size   int
+	Layout func(base uint64) []byte
+}
+
+// call lays out a call of a MigrOS method on the object of handle h (see
+// relocatable); op says what it does.
+func call(op string, h uint32, object, method uint16, attrs []attr, bufs [][]byte) IoctlCall {
+	size, _, layout := relocatable(object, method, attrs, bufs)
+	return IoctlCall{Name: named(op, h), Req: verbsIoctl, Size: size, Layout: layout}
+}
+
+func named(op string, h uint32) func() string {
+	return func() string { return fmt.Sprintf("%s %d", op, h) }
+}
+
+// HintCall is SetHint for a batch: the object created next gets ID id.
+func HintCall(id ID) IoctlCall {
 	b := id.append(nil)
-	size, layout = relocatable(objMig, methodSetHint, []attr{inAttr(attrID, b)}, [][]byte{b})
-	return verbsIoctl, size, layout
+	size, _, layout := relocatable(objMig, methodSetHint, []attr{inAttr(attrID, b)}, [][]byte{b})
+	return IoctlCall{Name: func() string { return "set the ID hint " + id.String() }, Req: verbsIoctl, Size: size, Layout: layout}
 }
 
 // RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
@@ -68,29 +89,28 @@ func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes, oldGIDs []string)
 	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
 }
 
-// RestoreQPCall is RestoreQP for a batch run elsewhere: the ioctl request
-// and its argument, size bytes that layout lays out for address base.
-func RestoreQPCall(h uint32, d QPDump, res []RespRes, oldGIDs []string) (req uint64, size int, layout func(base uint64) []byte, err error) {
+// RestoreQPCall is RestoreQP for a batch.
+func RestoreQPCall(h uint32, d QPDump, res []RespRes, oldGIDs []string) (IoctlCall, error) {
 	attrs, bufs, err := restoreQPArgs(h, d, res, oldGIDs)
 	if err != nil {
-		return 0, 0, nil, err
+		return IoctlCall{}, err
 	}
-	size, layout = relocatable(objMigRestore, methodRestoreQP, attrs, bufs)
-	return verbsIoctl, size, layout, nil
+	return call("restore QP", h, objMigRestore, methodRestoreQP, attrs, bufs), nil
 }
 
 // relocatable lays out a call for another address: the header and
 // attributes, then each buffer (8-byte aligned) that an attribute points
-// to, the attribute pointing to its copy.
-func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (int, func(base uint64) []byte) {
-	size := hdrSize + attrSize*len(attrs)
-	offs := make([]int, len(bufs))
+// to, the attribute pointing to its copy. offs are the buffers' offsets
+// in the call.
+func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, offs []int, layout func(base uint64) []byte) {
+	size = hdrSize + attrSize*len(attrs)
+	offs = make([]int, len(bufs))
 	for i, b := range bufs {
 		size = (size + 7) &^ 7
 		offs[i] = size
 		size += len(b)
 	}
-	return size, func(base uint64) []byte {
+	return size, offs, func(base uint64) []byte {
 		moved := slices.Clone(attrs)
 		for i := range moved {
 			for j, b := range bufs {
@@ -165,22 +185,44 @@ func (c *Context) RestoreEvents(t ObjectType, h uint32, ev Events) error {
 	if ev == (Events{}) {
 		return nil // a new object's counts are zero already
 	}
-	a, err := handleAttr(t)
+	attrs, in, err := restoreEventsArgs(t, h, ev)
 	if err != nil {
 		return err
 	}
-	in := encode(ev)
-	return c.ioctl(fmt.Sprintf("restore events of %s %d", t, h), objMigRestore, methodRestoreEvents,
-		[]attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in)
+	return c.ioctl(fmt.Sprintf("restore events of %s %d", t, h), objMigRestore, methodRestoreEvents, attrs, in)
 }
 
-// RestoreProgress puts the responder of the Stopped QP with handle h back
-// inside the message it was receiving, after RestoreQP and once its RQ
-// ring holds its dumped contents, and gives a UD or UC QP back the
-// requests it held, which it processes when resumed.
-func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE, held []byte) error {
+// RestoreEventsCall is RestoreEvents for a batch: a call of size 0 if ev
+// is all zero.
+func RestoreEventsCall(t ObjectType, h uint32, ev Events) (IoctlCall, error) {
+	if ev == (Events{}) {
+		return IoctlCall{}, nil
+	}
+	attrs, in, err := restoreEventsArgs(t, h, ev)
+	if err != nil {
+		return IoctlCall{}, err
+	}
+	return call("restore events of "+t.String(), h, objMigRestore, methodRestoreEvents, attrs, [][]byte{in}), nil
+}
+
+func restoreEventsArgs(t ObjectType, h uint32, ev Events) ([]attr, []byte, error) {
+	a, err := handleAttr(t)
+	if err != nil {
+		return nil, nil, err
+	}
+	in := encode(ev)
+	return []attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in, nil
+}
+
+// RestoreProgressCall is the call that puts the responder of the Stopped
+// QP with handle h back inside the message it was receiving, after
+// RESTORE_QP and once its RQ ring holds its dumped contents, and gives a
+// UD or UC QP back the requests it held, which it processes when resumed.
+// It must run even for an all-zero progress record: a responder inside a
+// SEND keeps its place in its receive WQE through it.
+func RestoreProgressCall(h uint32, p RespProgress, srqWQE, held []byte) (IoctlCall, error) {
 	if int(p.HeldBytes) != len(held) {
-		return fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
+		return IoctlCall{}, fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
 	}
 	in := encode(p)
 	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}
@@ -189,10 +231,20 @@ func (c *Context) RestoreProgress(h uint32, p RespProgress, srqWQE, held []byte)
 		attrs = append(attrs, inAttr(attrSRQWQE, srqWQE))
 		bufs = append(bufs, srqWQE)
 	}
-	if len(held) > 0 {
-		hb := heldBuf(held)
-		attrs = append(attrs, inAttr(attrHeld, hb))
-		bufs = append(bufs, hb, held)
+	const op = "restore responder progress of QP"
+	if len(held) == 0 {
+		return call(op, h, objMigRestore, methodRestoreProgress, attrs, bufs), nil
 	}
-	return c.ioctl(fmt.Sprintf("restore responder progress of QP %d", h), objMigRestore, methodRestoreProgress, attrs, bufs...)
+	// The held requests go through a struct rxe_mig_buf, which points
+	// to them: it moves with them.
+	hb := heldBuf(held)
+	attrs = append(attrs, inAttr(attrHeld, hb))
+	bufs = append(bufs, hb, held)
+	size, offs, moved := relocatable(objMigRestore, methodRestoreProgress, attrs, bufs)
+	ref, at := offs[len(offs)-2], offs[len(offs)-1]
+	return IoctlCall{Name: named(op, h), Req: verbsIoctl, Size: size, Layout: func(base uint64) []byte {
+		out := moved(base)
+		binary.LittleEndian.PutUint64(out[ref:], base+uint64(at))
+		return out
+	}}, nil
 }

@@ -438,6 +438,15 @@ func (t *task) moveFD(from, to int) error {
 	return err
 }
 
+// queue queues call in b, unless making it failed (err) or it has nothing
+// to run.
+func queue(b *verbs.Batch, call rdma.IoctlCall, err error) error {
+	if err != nil || call.Size == 0 {
+		return err
+	}
+	return b.Ioctl(call.Name, call.Req, call.Size, call.Layout, nil)
+}
+
 // restoreContext rebuilds one uverbs context of the task from img. The
 // Context it returns (once the device is open) is this process' handle on
 // the task's file, for the driver's migration methods.
@@ -566,8 +575,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return err
 		}
 		if hint != nil {
-			req, size, layout := rdma.HintCall(*hint)
-			if err := b.Ioctl(what+": set ID hint", req, size, layout, nil); err != nil {
+			if err := queue(b, rdma.HintCall(*hint), nil); err != nil {
 				return err
 			}
 		}
@@ -784,7 +792,8 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	} else if n != len(o.QPs) {
 		return c, fmt.Errorf("stopped %d QPs, restored %d", n, len(o.QPs))
 	}
-	// All QPs' driver state in one local batch, then what only some have.
+	// Every QP's driver state, responder progress and event counts, in
+	// one local batch.
 	st, err := here.Batch()
 	if err != nil {
 		return c, err
@@ -794,24 +803,21 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if q.QPType == rdma.QPTypeUD {
 			oldGIDs = moved
 		}
-		req, size, layout, err := rdma.RestoreQPCall(q.Handle, q.QPDump, q.RespRes, oldGIDs)
-		if err != nil {
+		qp, err := rdma.RestoreQPCall(q.Handle, q.QPDump, q.RespRes, oldGIDs)
+		if err := queue(st, qp, err); err != nil {
 			return c, err
 		}
-		if err := st.Ioctl(fmt.Sprintf("restore QP %d", q.Handle), req, size, layout, nil); err != nil {
+		progress, err := rdma.RestoreProgressCall(q.Handle, q.Progress, q.SRQWQE, q.Held)
+		if err := queue(st, progress, err); err != nil {
+			return c, err
+		}
+		events, err := rdma.RestoreEventsCall(rdma.ObjQP, q.Handle, q.Events)
+		if err := queue(st, events, err); err != nil {
 			return c, err
 		}
 	}
 	if err := st.Flush(); err != nil {
 		return c, err
-	}
-	for _, q := range o.QPs {
-		if err := c.RestoreProgress(q.Handle, q.Progress, q.SRQWQE, q.Held); err != nil {
-			return c, err
-		}
-		if err := c.RestoreEvents(rdma.ObjQP, q.Handle, q.Events); err != nil {
-			return c, err
-		}
 	}
 
 	// Every descriptor at its number.

@@ -41,8 +41,7 @@ type Batch struct {
 }
 
 type queued struct {
-	op   string // or, for a command, its name
-	cmd  *command
+	op   func() string
 	req  uint64
 	off  int
 	size int
@@ -61,9 +60,10 @@ func (d *Device) Batch() (*Batch, error) {
 func align8(n int) int { return (n + 7) &^ 7 }
 
 // Ioctl queues ioctl(fd, req, p) where p is size bytes of the arena that
-// layout fills, given the address they will be at. done, if not nil,
-// gets them back after the run.
-func (b *Batch) Ioctl(op string, req uint64, size int, layout func(base uint64) []byte, done func(region []byte) error) error {
+// layout fills, given the address they will be at; op names it in errors
+// (called only then). done, if not nil, gets them back after the run,
+// valid until it returns.
+func (b *Batch) Ioctl(op func() string, req uint64, size int, layout func(base uint64) []byte, done func(region []byte) error) error {
 	need := func(off, n int) int { return align8(off+size) + BatchEntrySize*n }
 	off := align8(len(b.buf))
 	if need(off, len(b.cmds)+1) > b.arena.Size() {
@@ -72,39 +72,42 @@ func (b *Batch) Ioctl(op string, req uint64, size int, layout func(base uint64) 
 		}
 		off = 0
 		if need(0, 1) > b.arena.Size() {
-			return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", op, need(0, 1), b.arena.Size())
+			return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", opName(op), need(0, 1), b.arena.Size())
 		}
 	}
 	region := layout(b.arena.Addr() + uint64(off))
 	if len(region) != size {
-		return fmt.Errorf("verbs: %s laid out %d bytes, not %d", op, len(region), size)
+		return fmt.Errorf("verbs: %s laid out %d bytes, not %d", opName(op), len(region), size)
 	}
-	b.buf = append(b.buf, make([]byte, off-len(b.buf))...)
-	b.buf = append(b.buf, region...)
+	if b.buf == nil {
+		// One buffer, the arena's size, for every run: growing one
+		// per run was most of the cost of queueing under emulation.
+		b.buf = make([]byte, 0, b.arena.Size())
+	}
+	n := len(b.buf)
+	b.buf = b.buf[:off+size]
+	clear(b.buf[n:off])
+	copy(b.buf[off:], region)
 	b.cmds = append(b.cmds, queued{op: op, req: req, off: off, size: size, done: done})
 	return nil
 }
 
-func (q queued) name() string {
-	if q.cmd != nil {
-		return q.cmd.name()
+func opName(op func() string) string {
+	if op == nil {
+		return "an ioctl"
 	}
-	return q.op
+	return op()
 }
 
 // command queues c; done, if not nil, runs once it has run.
 func (b *Batch) command(c *command, done func() error) error {
-	err := b.Ioctl("", verbsIoctl, c.size(), c.layout, func(region []byte) error {
+	return b.Ioctl(c.name, verbsIoctl, c.size(), c.layout, func(region []byte) error {
 		c.take(region)
 		if done == nil {
 			return nil
 		}
 		return done()
 	})
-	if err == nil {
-		b.cmds[len(b.cmds)-1].cmd = c
-	}
-	return err
 }
 
 // Flush runs what is queued.
@@ -115,7 +118,7 @@ func (b *Batch) Flush() error {
 	cmds := b.cmds
 	b.cmds = nil
 	buf := b.buf
-	b.buf = nil
+	defer func() { b.buf = buf[:0] }()
 	if err := b.arena.WriteAt(buf, 0); err != nil {
 		return err
 	}
@@ -143,7 +146,7 @@ func (b *Batch) Flush() error {
 		}
 	}
 	if errno != 0 {
-		return &Error{Op: cmds[ok].name(), Errno: errno}
+		return &Error{Op: opName(cmds[ok].op), Errno: errno}
 	}
 	if ran != len(cmds) {
 		return fmt.Errorf("verbs: a batch ran %d of %d commands", ran, len(cmds))
