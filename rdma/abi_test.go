@@ -212,7 +212,7 @@ func TestRelocatableCalls(t *testing.T) {
 	const base = 0x7f0000001000
 	d := QPDump{QPN: 0x11, SQPSN: 7}
 	res := []RespRes{{FirstPSN: 3}}
-	c, err := RestoreQPCall(5, d, res, []string{"::ffff:192.168.77.11"})
+	c, err := RestoreQPCall(QPObject{Handle: 5, QPDump: d, RespRes: res}, []string{"::ffff:192.168.77.11"})
 	if err != nil || c.Req != verbsIoctl {
 		t.Fatalf("RestoreQPCall: %#x, %v", c.Req, err)
 	}
@@ -223,11 +223,11 @@ func TestRelocatableCalls(t *testing.T) {
 	if len(b) != c.Size {
 		t.Fatalf("laid out %d bytes, said %d", len(b), c.Size)
 	}
-	want := map[uint16][]byte{attrDump: encode(d), attrRespRes: encode(res)}
+	want := map[uint16][]byte{attrDump: encode(d), attrRespRes: encode(res), attrProgress: encode(RespProgress{})}
 	gid, _ := gidBytes([]string{"::ffff:192.168.77.11"})
 	want[attrOldGIDs] = gid
 	n := int(le.Uint16(b[6:]))
-	if le.Uint16(b[0:]) != uint16(hdrSize+attrSize*n) || le.Uint16(b[4:]) != methodRestoreQP || n != 4 {
+	if le.Uint16(b[0:]) != uint16(hdrSize+attrSize*n) || le.Uint16(b[4:]) != methodRestoreQP || n != 5 {
 		t.Fatalf("header % x", b[:hdrSize])
 	}
 	for i := 0; i < n; i++ {
@@ -258,27 +258,24 @@ func TestRelocatableCalls(t *testing.T) {
 	}
 }
 
-// TestRelocatedProgress checks RESTORE_PROGRESS laid out for another
-// address: the held requests' struct rxe_mig_buf points to their copy in
-// the call, not to this process' buffer.
+// TestRelocatedProgress checks RESTORE_QP's progress laid out for
+// another address: the held requests' struct rxe_mig_buf points to their
+// copy in the call, not to this process' buffer.
 func TestRelocatedProgress(t *testing.T) {
 	le := binary.LittleEndian
 	const base = 0x7f0000002000
 	held := bytes.Repeat([]byte{0xab}, 40)
 	wqe := bytes.Repeat([]byte{0xcd}, 24)
 	p := RespProgress{HeldCount: 1, HeldBytes: uint32(len(held))}
-	if _, err := RestoreProgressCall(3, RespProgress{HeldBytes: 1}, nil, nil); err == nil {
+	if _, err := RestoreQPCall(QPObject{Handle: 3, Progress: RespProgress{HeldBytes: 1}}, nil); err == nil {
 		t.Error("a progress record that counts held bytes it does not have was laid out")
 	}
-	c, err := RestoreProgressCall(3, p, wqe, held)
+	c, err := RestoreQPCall(QPObject{Handle: 3, Progress: p, SRQWQE: wqe, Held: held}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name() != "restore responder progress of QP 3" {
-		t.Errorf("named %q", c.Name())
-	}
 	b := c.Layout(base)
-	if len(b) != c.Size || le.Uint16(b[4:]) != methodRestoreProgress {
+	if len(b) != c.Size || le.Uint16(b[4:]) != methodRestoreQP {
 		t.Fatalf("laid out %d bytes (said %d), method %d", len(b), c.Size, le.Uint16(b[4:]))
 	}
 	at := func(addr uint64, n int) []byte {

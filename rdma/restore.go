@@ -14,10 +14,9 @@ const (
 	methodRestoreQP  = nsDriver + 0
 	methodRestoreCQ  = nsDriver + 1
 	methodRestoreSRQ = nsDriver + 2
-	// methodRestoreEvents is the 8th patch's, methodRestoreProgress the
-	// 10th's.
-	methodRestoreEvents   = nsDriver + 3
-	methodRestoreProgress = nsDriver + 4
+	// methodRestoreEvents is the 8th patch's. Its successor (nsDriver +
+	// 4), RESTORE_PROGRESS, is gone: RESTORE_QP takes the progress.
+	methodRestoreEvents = nsDriver + 3
 
 	// methodRestoreMW is the 12th patch's.
 	methodRestoreMW = nsDriver + 5
@@ -74,28 +73,45 @@ func HintCall(id ID) IoctlCall {
 }
 
 // RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
-// MSN, responder resources, queue indices, token) into the QP with handle
-// h, which was recreated with the same caps, modified to the dumped IB
-// state and Stopped. It stays Stopped.
+// MSN, responder resources, queue indices, token) and its responder's
+// progress (where it was inside the message it was receiving, the SRQ
+// WQE it held, a UD or UC QP's held requests, which it processes when
+// resumed) into the QP with handle q.Handle, which was recreated with the
+// same caps, modified to the dumped IB state and Stopped, and whose rings
+// hold their dumped contents. It stays Stopped. A QP dumped inside a SEND
+// is refused if its progress does not give its receive WQE back.
 //
 // oldGIDs, for a UD QP restored on another host, are the GIDs of the port
 // it was dumped on: when resumed, it tells the destinations of its
 // context's AHs to send what they sent it there here.
-func (c *Context) RestoreQP(h uint32, d QPDump, res []RespRes, oldGIDs []string) error {
-	attrs, bufs, err := restoreQPArgs(h, d, res, oldGIDs)
+func (c *Context) RestoreQP(q QPObject, oldGIDs []string) error {
+	attrs, bufs, err := restoreQPArgs(q, oldGIDs)
 	if err != nil {
 		return err
 	}
-	return c.ioctl(fmt.Sprintf("restore QP %d", h), objMigRestore, methodRestoreQP, attrs, bufs...)
+	return c.ioctl(fmt.Sprintf("restore QP %d", q.Handle), objMigRestore, methodRestoreQP, attrs, bufs...)
 }
 
 // RestoreQPCall is RestoreQP for a batch.
-func RestoreQPCall(h uint32, d QPDump, res []RespRes, oldGIDs []string) (IoctlCall, error) {
-	attrs, bufs, err := restoreQPArgs(h, d, res, oldGIDs)
+func RestoreQPCall(q QPObject, oldGIDs []string) (IoctlCall, error) {
+	attrs, bufs, err := restoreQPArgs(q, oldGIDs)
 	if err != nil {
 		return IoctlCall{}, err
 	}
-	return call("restore QP", h, objMigRestore, methodRestoreQP, attrs, bufs), nil
+	size, offs, layout := relocatable(objMigRestore, methodRestoreQP, attrs, bufs)
+	call := IoctlCall{Name: named("restore QP", q.Handle), Req: verbsIoctl, Size: size, Layout: layout}
+	if len(q.Held) > 0 {
+		// The held requests go through a struct rxe_mig_buf, the
+		// next to last buffer, which points to them, the last: it
+		// moves with them.
+		ref, at := offs[len(offs)-2], offs[len(offs)-1]
+		call.Layout = func(base uint64) []byte {
+			out := layout(base)
+			binary.LittleEndian.PutUint64(out[ref:], base+uint64(at))
+			return out
+		}
+	}
+	return call, nil
 }
 
 // relocatable lays out a call for another address: the header and
@@ -128,13 +144,17 @@ func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, 
 	}
 }
 
-// restoreQPArgs are RestoreQP's attributes and the buffers they point to.
-func restoreQPArgs(h uint32, d QPDump, res []RespRes, oldGIDs []string) ([]attr, [][]byte, error) {
-	in := encode(d)
-	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrDump, in)}
-	bufs := [][]byte{in}
-	if len(res) > 0 {
-		r := encode(res)
+// restoreQPArgs are RestoreQP's attributes and the buffers they point to;
+// held requests, if any, come last, after the rxe_mig_buf that names them.
+func restoreQPArgs(q QPObject, oldGIDs []string) ([]attr, [][]byte, error) {
+	if int(q.Progress.HeldBytes) != len(q.Held) {
+		return nil, nil, fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", q.Handle, len(q.Held), q.Progress.HeldBytes)
+	}
+	in, p := encode(q.QPDump), encode(q.Progress)
+	attrs := []attr{{id: attrQP, data: uint64(q.Handle)}, inAttr(attrDump, in), inAttr(attrProgress, p)}
+	bufs := [][]byte{in, p}
+	if len(q.RespRes) > 0 {
+		r := encode(q.RespRes)
 		attrs = append(attrs, inAttr(attrRespRes, r))
 		bufs = append(bufs, r)
 	}
@@ -145,6 +165,15 @@ func restoreQPArgs(h uint32, d QPDump, res []RespRes, oldGIDs []string) ([]attr,
 		}
 		attrs = append(attrs, inAttr(attrOldGIDs, g))
 		bufs = append(bufs, g)
+	}
+	if len(q.SRQWQE) > 0 {
+		attrs = append(attrs, inAttr(attrSRQWQE, q.SRQWQE))
+		bufs = append(bufs, q.SRQWQE)
+	}
+	if len(q.Held) > 0 {
+		hb := heldBuf(q.Held)
+		attrs = append(attrs, inAttr(attrHeld, hb))
+		bufs = append(bufs, hb, q.Held)
 	}
 	return attrs, bufs, nil
 }
@@ -212,39 +241,4 @@ func restoreEventsArgs(t ObjectType, h uint32, ev Events) ([]attr, []byte, error
 	}
 	in := encode(ev)
 	return []attr{{id: a, data: uint64(h)}, inAttr(attrEvents, in)}, in, nil
-}
-
-// RestoreProgressCall is the call that puts the responder of the Stopped
-// QP with handle h back inside the message it was receiving, after
-// RESTORE_QP and once its RQ ring holds its dumped contents, and gives a
-// UD or UC QP back the requests it held, which it processes when resumed.
-// It must run even for an all-zero progress record: a responder inside a
-// SEND keeps its place in its receive WQE through it.
-func RestoreProgressCall(h uint32, p RespProgress, srqWQE, held []byte) (IoctlCall, error) {
-	if int(p.HeldBytes) != len(held) {
-		return IoctlCall{}, fmt.Errorf("rdma: QP %d: %d bytes of held requests, the progress says %d", h, len(held), p.HeldBytes)
-	}
-	in := encode(p)
-	attrs := []attr{{id: attrQP, data: uint64(h)}, inAttr(attrProgress, in)}
-	bufs := [][]byte{in}
-	if len(srqWQE) > 0 {
-		attrs = append(attrs, inAttr(attrSRQWQE, srqWQE))
-		bufs = append(bufs, srqWQE)
-	}
-	const op = "restore responder progress of QP"
-	if len(held) == 0 {
-		return call(op, h, objMigRestore, methodRestoreProgress, attrs, bufs), nil
-	}
-	// The held requests go through a struct rxe_mig_buf, which points
-	// to them: it moves with them.
-	hb := heldBuf(held)
-	attrs = append(attrs, inAttr(attrHeld, hb))
-	bufs = append(bufs, hb, held)
-	size, offs, moved := relocatable(objMigRestore, methodRestoreProgress, attrs, bufs)
-	ref, at := offs[len(offs)-2], offs[len(offs)-1]
-	return IoctlCall{Name: named(op, h), Req: verbsIoctl, Size: size, Layout: func(base uint64) []byte {
-		out := moved(base)
-		binary.LittleEndian.PutUint64(out[ref:], base+uint64(at))
-		return out
-	}}, nil
 }

@@ -807,8 +807,8 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	} else if n != len(o.QPs) {
 		return c, fmt.Errorf("stopped %d QPs, restored %d", n, len(o.QPs))
 	}
-	// Every QP's driver state, responder progress and event counts, in
-	// one local batch.
+	// Every QP's driver state with its responder's progress, and its
+	// event counts, in one local batch.
 	st, err := here.Batch()
 	if err != nil {
 		return c, err
@@ -818,12 +818,8 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		if q.QPType == rdma.QPTypeUD {
 			oldGIDs = moved
 		}
-		qp, err := rdma.RestoreQPCall(q.Handle, q.QPDump, q.RespRes, oldGIDs)
+		qp, err := rdma.RestoreQPCall(q, oldGIDs)
 		if err := queue(st, qp, err); err != nil {
-			return c, err
-		}
-		progress, err := rdma.RestoreProgressCall(q.Handle, q.Progress, q.SRQWQE, q.Held)
-		if err := queue(st, progress, err); err != nil {
 			return c, err
 		}
 		events, err := rdma.RestoreEventsCall(rdma.ObjQP, q.Handle, q.Events)

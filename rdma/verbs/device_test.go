@@ -209,7 +209,7 @@ func TestDeviceRestoreState(t *testing.T) {
 		st.MaxDestRDAtomic != 4 || len(res) != 4 || st.AV.DGID != g || st.AV.SGIDIndex != 1 {
 		t.Fatalf("QP after ModifyQP: %+v (%d resources)", st, len(res))
 	}
-	if err := c.RestoreQP(qa.Handle, st, res, nil); !errors.Is(err, unix.EINVAL) {
+	if err := c.RestoreQP(rdma.QPObject{Handle: qa.Handle, QPDump: st, RespRes: res}, nil); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("restore into a QP that is not Stopped: %v, want EINVAL", err)
 	}
 	if err := c.StopQP(qa.Handle); err != nil {
@@ -225,7 +225,19 @@ func TestDeviceRestoreState(t *testing.T) {
 	want.CompRetryCnt, want.CompRNRRetry, want.SSN, want.MigToken = 3, 5, 9, 0x7777
 	want.RespResHead, want.RespResTail = 2, 1
 	res[1] = rdma.RespRes{Type: 1 << 4, FirstPSN: 0x140, LastPSN: 0x142, CurPSN: 0x141, VAOrg: 0x1000, VA: 0x1400, RKey: 0x2fa, Length: 4096, Resid: 1024}
-	if err := c.RestoreQP(qa.Handle, want, res, nil); err != nil {
+	// Inside a SEND (opcode 1, RC SEND_MIDDLE), the responder needs its
+	// receive WQE back: this QP's RQ is empty, so it has none, and the
+	// restore is refused, leaving the responder outside any message.
+	inSend := want
+	inSend.RespOpcode = 1
+	if err := c.RestoreQP(rdma.QPObject{Handle: qa.Handle, QPDump: inSend, RespRes: res}, nil); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("restore inside a SEND with no receive WQE: %v, want EINVAL", err)
+	}
+	if got, _, err := c.DumpQP(qa.Handle); err != nil || got.RespOpcode != 0xffffffff {
+		t.Fatalf("responder opcode after a refused restore inside a SEND: %#x (%v), want none (-1)", got.RespOpcode, err)
+	}
+	progress := rdma.RespProgress{VA: 0x1400, Offset: 0x400, RKey: 0x2fa, Resid: 1024, Length: 4096}
+	if err := c.RestoreQP(rdma.QPObject{Handle: qa.Handle, QPDump: want, RespRes: res, Progress: progress}, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, gotRes, err := c.DumpQP(qa.Handle)
@@ -238,9 +250,12 @@ func TestDeviceRestoreState(t *testing.T) {
 	if len(gotRes) != 4 || gotRes[1] != res[1] {
 		t.Errorf("responder resource after restore: %+v, want %+v", gotRes, res[1])
 	}
+	if p, _, _, err := c.DumpProgress(qa.Handle, rdma.QPTypeRC); err != nil || p != progress {
+		t.Errorf("responder progress after restore: %+v (%v), want %+v", p, err, progress)
+	}
 	bad := want
 	bad.SQ.IndexMask++
-	if err := c.RestoreQP(qa.Handle, bad, nil, nil); !errors.Is(err, unix.EINVAL) {
+	if err := c.RestoreQP(rdma.QPObject{Handle: qa.Handle, QPDump: bad}, nil); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("restore with another SQ geometry: %v, want EINVAL", err)
 	}
 
