@@ -47,14 +47,13 @@ const (
 	methodResume  = nsDriver + 1
 	methodQueryQP = nsDriver + 2
 	methodListQPs = nsDriver + 3
-	methodSetHint = nsDriver + 4
-	methodCheck   = nsDriver + 5
+	// nsDriver + 4 was SET_HINT: a create now takes its hint (ID.Hint).
+	methodCheck = nsDriver + 5
 
 	attrQP     = nsDriver + 0
 	attrCount  = nsDriver + 1
 	attrQPInfo = nsDriver + 2
 	attrQPList = nsDriver + 3
-	attrID     = nsDriver + 4
 	attrIDs    = nsDriver + 5
 	attrStatus = nsDriver + 6
 
@@ -215,6 +214,12 @@ func (id ID) String() string {
 }
 
 const idHasKey = 1 // RXE_MIG_ID_HAS_KEY
+
+// Hint is the driver input with which a create of an object of id.Type
+// takes exactly id (and, for an MR or MW with HasKey, its key byte): see
+// verbs.Device.Hint. The create fails with EBUSY if another object has
+// that ID (kernel patch 0017; CAP_SYS_ADMIN only).
+func (id ID) Hint() []byte { return id.append(nil) }
 
 func (id ID) append(b []byte) []byte {
 	le := binary.LittleEndian

@@ -248,14 +248,6 @@ func TestRelocatableCalls(t *testing.T) {
 	if len(want) != 0 {
 		t.Errorf("attributes missing: %v", want)
 	}
-
-	id := ID{Type: IDQP, Index: 0x11}
-	c = HintCall(id)
-	b = c.Layout(base)
-	if a := b[hdrSize:]; len(b) != c.Size || le.Uint16(a) != attrID || le.Uint64(a[8:]) != base+hdrSize+attrSize ||
-		!bytes.Equal(b[hdrSize+attrSize:], id.append(nil)) {
-		t.Fatalf("hint call % x", b)
-	}
 }
 
 // TestRelocatedProgress checks RESTORE_QP's progress laid out for

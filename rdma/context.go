@@ -263,14 +263,6 @@ func (c *Context) QueryQP(h uint32) (QPInfo, error) {
 	return info, nil
 }
 
-// SetHint makes the context's next create of an object of id.Type take
-// exactly id (and, for an MR or MW with HasKey, its key byte). The create
-// then fails with EBUSY if another object has that ID.
-func (c *Context) SetHint(id ID) error {
-	b := id.append(nil)
-	return c.call("set ID hint", methodSetHint, []attr{inAttr(attrID, b)}, b)
-}
-
 // CheckIDs reports for each of ids whether it is free on the context's
 // device: nil, or an error wrapping ErrIDTaken or ErrIDRange.
 func (c *Context) CheckIDs(ids []ID) ([]error, error) {

@@ -65,13 +65,6 @@ func named(op string, h uint32) func() string {
 	return func() string { return fmt.Sprintf("%s %d", op, h) }
 }
 
-// HintCall is SetHint for a batch: the object created next gets ID id.
-func HintCall(id ID) IoctlCall {
-	b := id.append(nil)
-	size, _, layout := relocatable(objMig, methodSetHint, []attr{inAttr(attrID, b)}, [][]byte{b})
-	return IoctlCall{Name: func() string { return "set the ID hint " + id.String() }, Req: verbsIoctl, Size: size, Layout: layout}
-}
-
 // RestoreQP loads a dumped QP's driver state (PSNs, opcodes, retry counts,
 // MSN, responder resources, queue indices, token) and its responder's
 // progress (where it was inside the message it was receiving, the SRQ

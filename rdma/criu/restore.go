@@ -560,9 +560,9 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 		}
 	}
 	// Every create runs in the task (the objects are charged to its
-	// cgroup and owned by it), all in one batch with the fillers' PDs and
-	// the ID hints. What depends on the results is checked, as each
-	// result comes back.
+	// cgroup and owned by it), all in one batch with the fillers' PDs;
+	// each create carries its ID hint. What depends on the results is
+	// checked, as each result comes back.
 	b, err := dev.Batch()
 	if err != nil {
 		return c, err
@@ -590,9 +590,7 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 			return err
 		}
 		if hint != nil {
-			if err := queue(b, rdma.HintCall(*hint), nil); err != nil {
-				return err
-			}
+			dev.Hint(hint.Hint())
 		}
 		return create(what, func(got uint32) error {
 			if got != h {

@@ -101,6 +101,7 @@ func opName(op func() string) string {
 
 // command queues c; done, if not nil, runs once it has run.
 func (b *Batch) command(c *command, done func() error) error {
+	b.d.takeHint(c)
 	return b.Ioctl(c.name, verbsIoctl, c.size(), c.layout, func(region []byte) error {
 		c.take(region)
 		if done == nil {

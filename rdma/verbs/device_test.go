@@ -71,9 +71,7 @@ func TestDeviceHintedIDs(t *testing.T) {
 	if errs, err := c.CheckIDs([]rdma.ID{want}); err != nil || errs[0] != nil {
 		t.Fatalf("QPN %#x not free: %v %v", want.Index, errs, err)
 	}
-	if err := c.SetHint(want); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(want.Hint())
 	q1, err := d.CreateQP(init)
 	if err != nil {
 		t.Fatal(err)
@@ -86,9 +84,7 @@ func TestDeviceHintedIDs(t *testing.T) {
 	}
 
 	// A taken QPN fails the create; the hint serves one create only.
-	if err := c.SetHint(rdma.ID{Type: rdma.IDQP, Index: q0.QPN}); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(rdma.ID{Type: rdma.IDQP, Index: q0.QPN}.Hint())
 	if _, err := d.CreateQP(init); !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("QP at a taken QPN: %v, want EBUSY", err)
 	}
@@ -107,15 +103,22 @@ func TestDeviceHintedIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := rdma.ID{Type: rdma.IDMR, Index: m0.LKey>>8 + 50, Key: 0x5a, HasKey: true}
-	if err := c.SetHint(key); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(key.Hint())
 	m1, err := d.RegMR(pd, addrOf(buf), 8192, 0x10000, access)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if wantKey := key.Index<<8 | 0x5a; m1.LKey != wantKey || m1.RKey != wantKey {
 		t.Fatalf("hinted MR keys %#x/%#x, want %#x", m1.LKey, m1.RKey, wantKey)
+	}
+	// A hint names an ID of the created object's type, within its range.
+	d.Hint(rdma.ID{Type: rdma.IDQP, Index: q0.QPN + 200}.Hint())
+	if _, err := d.RegMR(pd, addrOf(buf), 4096, addrOf(buf), access); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("MR with a QP's hint: %v, want EINVAL", err)
+	}
+	d.Hint(rdma.ID{Type: rdma.IDQP, Index: 1}.Hint())
+	if _, err := d.CreateQP(init); !errors.Is(err, unix.ERANGE) {
+		t.Errorf("QP hinted below the QPN range: %v, want ERANGE", err)
 	}
 
 	// The dump sees what was created.
@@ -292,9 +295,7 @@ func TestDeviceHintedSRQAHMW(t *testing.T) {
 		t.Errorf("SRQ %+v has no queue to map", s0)
 	}
 	srqID := rdma.ID{Type: rdma.IDSRQ, Index: s0.SRQNum + 7}
-	if err := c.SetHint(srqID); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(srqID.Hint())
 	s1, err := d.CreateSRQ(0x3334, pd, 16, 1, 4)
 	if err != nil || s1.SRQNum != srqID.Index {
 		t.Fatalf("hinted SRQ %+v, %v; want number %#x", s1, err, srqID.Index)
@@ -310,9 +311,7 @@ func TestDeviceHintedSRQAHMW(t *testing.T) {
 		t.Fatal(err)
 	}
 	ahID := rdma.ID{Type: rdma.IDAH, Index: a0.AHNum + 3}
-	if err := c.SetHint(ahID); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(ahID.Hint())
 	a1, err := d.CreateAH(0x4445, pd, AHAttr{DGID: g, SGIDIndex: 1, HopLimit: 1, PortNum: 1})
 	if err != nil || a1.AHNum != ahID.Index {
 		t.Fatalf("hinted AH %+v, %v; want number %d", a1, err, ahID.Index)
@@ -327,9 +326,7 @@ func TestDeviceHintedSRQAHMW(t *testing.T) {
 		t.Fatal(err)
 	}
 	mwID := rdma.KeyID(rdma.IDMW, w0.RKey+0x500)
-	if err := c.SetHint(mwID); err != nil {
-		t.Fatal(err)
-	}
+	d.Hint(mwID.Hint())
 	w1, err := d.AllocMW(pd, 2)
 	if err != nil || w1.RKey != w0.RKey+0x500 {
 		t.Fatalf("hinted MW %+v, %v; want rkey %#x", w1, err, w0.RKey+0x500)

@@ -112,6 +112,19 @@ func (e *Error) Unwrap() error { return e.Errno }
 type Device struct {
 	FD    int // in the address space of the arena
 	arena Arena
+	hint  []byte // driver input of the next create (see Hint)
+}
+
+// Hint gives the next QP, MR, SRQ, AH or MW the device creates (directly
+// or queued in a batch) in as its driver input: a restore's ID hint
+// (rdma.ID.Hint), which makes the driver give it that ID or fail.
+func (d *Device) Hint(in []byte) { d.hint = in }
+
+// takeHint gives c the pending hint if c is a create that takes one.
+func (d *Device) takeHint(c *command) {
+	if c.hintable && d.hint != nil {
+		c.drv, d.hint = d.hint, nil
+	}
 }
 
 // NewDevice uses fd, a uverbs file open in the arena's process that has no
@@ -131,14 +144,16 @@ func NewDevice(a Arena, fd int) (*Device, int, error) {
 func AttachDevice(a Arena, fd int) *Device { return &Device{FD: fd, arena: a} }
 
 // command is a classic verbs command: core input in and, when not empty,
-// core output out and driver output uhw, which the run fills.
+// driver input drv, core output out and driver output uhw, which the run
+// fills.
 type command struct {
 	op       string // what errors call it: a format for args
 	args     []any
 	what     string // what it is for, if given
 	cmd      uint32
-	in       []byte
+	in, drv  []byte
 	out, uhw []byte
+	hintable bool // a create that takes an ID hint as drv
 }
 
 // name is what errors call the command. It is formatted only then: under
@@ -154,10 +169,11 @@ func (c *command) name() string {
 	return n
 }
 
-// Layout: header and attributes, then in, out and the driver output.
+// Layout: header and attributes, then in, the driver input, out and the
+// driver output.
 func (c *command) nattrs() int {
 	n := 2
-	for _, o := range [][]byte{c.out, c.uhw} {
+	for _, o := range [][]byte{c.drv, c.out, c.uhw} {
 		if len(o) > 0 {
 			n++
 		}
@@ -165,7 +181,7 @@ func (c *command) nattrs() int {
 	return n
 }
 
-func (c *command) outOff() int { return hdrSize + attrSize*c.nattrs() + len(c.in) }
+func (c *command) outOff() int { return hdrSize + attrSize*c.nattrs() + len(c.in) + len(c.drv) }
 func (c *command) size() int   { return c.outOff() + len(c.out) + len(c.uhw) }
 
 // layout lays the command out for address base of the arena's process.
@@ -197,6 +213,9 @@ func (c *command) layout(base uint64) []byte {
 	} else {
 		attr(attrCoreIn, len(c.in), base+uint64(inOff))
 	}
+	if len(c.drv) > 0 {
+		attr(attrUHWIn, len(c.drv), base+uint64(inOff+len(c.in)))
+	}
 	if len(c.out) > 0 {
 		attr(attrCoreOut, len(c.out), base+uint64(outOff))
 	}
@@ -204,6 +223,7 @@ func (c *command) layout(base uint64) []byte {
 		attr(attrUHWOut, len(c.uhw), base+uint64(uhwOff))
 	}
 	copy(b[inOff:], c.in)
+	copy(b[inOff+len(c.in):], c.drv)
 	return b
 }
 
@@ -222,6 +242,7 @@ func (d *Device) invoke(op string, cmd uint32, in, out, uhw []byte) error {
 
 // run runs c at the start of the arena.
 func (d *Device) run(c *command) error {
+	d.takeHint(c)
 	if c.size() > d.arena.Size() {
 		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", c.name(), c.size(), d.arena.Size())
 	}
@@ -353,7 +374,7 @@ func qpCommand(q QPInit) *command {
 	if q.UseSRQ {
 		in[54] = 1
 	}
-	return &command{op: "create QP", cmd: cmdCreateQP, in: in, out: make([]byte, 32), uhw: make([]byte, 32)}
+	return &command{op: "create QP", cmd: cmdCreateQP, in: in, out: make([]byte, 32), uhw: make([]byte, 32), hintable: true}
 }
 
 func qpOf(c *command) QP {
@@ -383,7 +404,7 @@ func mrCommand(pd uint32, start, length, iova uint64, access uint32) *command {
 	le.PutUint64(in[24:], iova)
 	le.PutUint32(in[32:], pd)
 	le.PutUint32(in[36:], access)
-	return &command{op: "register MR", cmd: cmdRegMR, in: in, out: make([]byte, 12)}
+	return &command{op: "register MR", cmd: cmdRegMR, in: in, out: make([]byte, 12), hintable: true}
 }
 
 func mrOf(c *command) MR {
@@ -414,7 +435,7 @@ func srqCommand(userHandle uint64, pd, maxWR, maxSGE, limit uint32) *command {
 	le.PutUint32(in[20:], maxWR)
 	le.PutUint32(in[24:], maxSGE)
 	le.PutUint32(in[28:], limit)
-	return &command{op: "create SRQ", cmd: cmdCreateSRQ, in: in, out: make([]byte, 16), uhw: make([]byte, 24)}
+	return &command{op: "create SRQ", cmd: cmdCreateSRQ, in: in, out: make([]byte, 16), uhw: make([]byte, 24), hintable: true}
 }
 
 func srqOf(c *command) SRQ {
@@ -451,7 +472,7 @@ func ahCommand(userHandle uint64, pd uint32, a AHAttr) *command {
 	le.PutUint32(in[40:], a.FlowLabel)
 	in[44], in[45], in[46] = a.SGIDIndex, a.HopLimit, a.TrafficClass
 	in[53], in[54] = 1, a.PortNum // is_global: RoCE always routes by GID
-	return &command{op: "create AH", cmd: cmdCreateAH, in: in, out: make([]byte, 4), uhw: make([]byte, 8)}
+	return &command{op: "create AH", cmd: cmdCreateAH, in: in, out: make([]byte, 4), uhw: make([]byte, 8), hintable: true}
 }
 
 func ahOf(c *command) AH { return AH{Handle: handleOf(c), AHNum: binary.LittleEndian.Uint32(c.uhw)} }
@@ -472,7 +493,7 @@ func mwCommand(pd uint32, typ uint8) *command {
 	in := make([]byte, 16)
 	binary.LittleEndian.PutUint32(in[8:], pd)
 	in[12] = typ
-	return &command{op: "alloc MW", cmd: cmdAllocMW, in: in, out: make([]byte, 8)}
+	return &command{op: "alloc MW", cmd: cmdAllocMW, in: in, out: make([]byte, 8), hintable: true}
 }
 
 func mwOf(c *command) MW { return MW{Handle: handleOf(c), RKey: binary.LittleEndian.Uint32(c.out[4:])} }

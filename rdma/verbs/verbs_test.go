@@ -88,3 +88,57 @@ func TestInvokeLayout(t *testing.T) {
 		t.Error("create QP in a 64-byte arena succeeded")
 	}
 }
+
+// A hint goes to the next create as its driver input, after the core
+// input, and to that create only; commands that take none leave it.
+func TestHintLayout(t *testing.T) {
+	a := &fakeArena{mem: make([]byte, 4096)}
+	d := &Device{FD: 3, arena: a}
+	hint := []byte{1, 0, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	d.Hint(hint)
+	if _, err := d.AllocPD(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.attrs[attrUHWIn]; ok {
+		t.Fatal("alloc_pd took the hint")
+	}
+	q, err := d.CreateQP(QPInit{UserHandle: 0xabc, PD: 1, SendCQ: 2, RecvCQ: 2, Type: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv, in := a.attrs[attrUHWIn], a.attrs[attrCoreIn]
+	if drv[0] != uint64(len(hint)) || drv[1] != in[1]+in[0] {
+		t.Fatalf("driver input %v after core input %v", drv, in)
+	}
+	if got := a.mem[drv[1]-a.Addr():][:len(hint)]; string(got) != string(hint) {
+		t.Errorf("driver input % x, want % x", got, hint)
+	}
+	// The outputs follow it and decode as without it.
+	if out := a.attrs[attrCoreOut]; out[1] != drv[1]+drv[0] || q.Handle != 0x04030201 || q.QPN != 0x08070605 {
+		t.Errorf("core output %v, decoded %+v", out, q)
+	}
+	if _, err := d.RegMR(1, 0x1000, 4096, 0x1000, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.attrs[attrUHWIn]; ok {
+		t.Error("a second create took the same hint")
+	}
+
+	// In a batch, the create queued next takes it.
+	b := &batchArena{fakeArena: fakeArena{mem: make([]byte, 4096)}}
+	bd := &Device{FD: 3, arena: b}
+	bt, err := bd.Batch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bd.Hint(hint)
+	if err := bt.CreateSRQ("SRQ", 1, 1, 4, 1, 0, func(SRQ) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := bt.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if drv := b.attrs[attrUHWIn]; drv[0] != uint64(len(hint)) {
+		t.Errorf("batched create's driver input %v", drv)
+	}
+}
