@@ -45,13 +45,14 @@ func ShareCredCall(fd int32) (req uint64, arg []byte) {
 
 // IoctlCall is a uverbs ioctl laid out for a batch run elsewhere (in a
 // restored process, or in a verbs.Batch here): ioctl(fd, Req, p), p being
-// Size bytes that Layout lays out for address p. Name says what it is,
+// Size bytes that Layout lays out in dst (zeroed, of that size) for address
+// p. Name says what it is,
 // for errors (formatted only then). A call of Size 0 has nothing to run.
 type IoctlCall struct {
 	Name   func() string
 	Req    uint64
 	Size   int
-	Layout func(base uint64) []byte
+	Layout func(base uint64, dst []byte)
 }
 
 // call lays out a call of a MigrOS method on the object of handle h (see
@@ -98,10 +99,9 @@ func RestoreQPCall(q QPObject, oldGIDs []string) (IoctlCall, error) {
 		// next to last buffer, which points to them, the last: it
 		// moves with them.
 		ref, at := offs[len(offs)-2], offs[len(offs)-1]
-		call.Layout = func(base uint64) []byte {
-			out := layout(base)
-			binary.LittleEndian.PutUint64(out[ref:], base+uint64(at))
-			return out
+		call.Layout = func(base uint64, dst []byte) {
+			layout(base, dst)
+			binary.LittleEndian.PutUint64(dst[ref:], base+uint64(at))
 		}
 	}
 	return call, nil
@@ -111,7 +111,7 @@ func RestoreQPCall(q QPObject, oldGIDs []string) (IoctlCall, error) {
 // attributes, then each buffer (8-byte aligned) that an attribute points
 // to, the attribute pointing to its copy. offs are the buffers' offsets
 // in the call.
-func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, offs []int, layout func(base uint64) []byte) {
+func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, offs []int, layout func(base uint64, dst []byte)) {
 	size = hdrSize + attrSize*len(attrs)
 	offs = make([]int, len(bufs))
 	for i, b := range bufs {
@@ -119,7 +119,7 @@ func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, 
 		offs[i] = size
 		size += len(b)
 	}
-	return size, offs, func(base uint64) []byte {
+	return size, offs, func(base uint64, dst []byte) {
 		moved := slices.Clone(attrs)
 		for i := range moved {
 			for j, b := range bufs {
@@ -128,12 +128,10 @@ func relocatable(object, method uint16, attrs []attr, bufs [][]byte) (size int, 
 				}
 			}
 		}
-		out := make([]byte, size)
-		copy(out, encodeCall(object, method, moved))
+		copy(dst, encodeCall(object, method, moved))
 		for j, b := range bufs {
-			copy(out[offs[j]:], b)
+			copy(dst[offs[j]:], b)
 		}
-		return out
 	}
 }
 

@@ -60,10 +60,11 @@ func (d *Device) Batch() (*Batch, error) {
 func align8(n int) int { return (n + 7) &^ 7 }
 
 // Ioctl queues ioctl(fd, req, p) where p is size bytes of the arena that
-// layout fills, given the address they will be at; op names it in errors
+// layout fills (in dst, zeroed), given the address base they will be at;
+// op names it in errors
 // (called only then). done, if not nil, gets them back after the run,
 // valid until it returns.
-func (b *Batch) Ioctl(op func() string, req uint64, size int, layout func(base uint64) []byte, done func(region []byte) error) error {
+func (b *Batch) Ioctl(op func() string, req uint64, size int, layout func(base uint64, dst []byte), done func(region []byte) error) error {
 	need := func(off, n int) int { return align8(off+size) + BatchEntrySize*n }
 	off := align8(len(b.buf))
 	if need(off, len(b.cmds)+1) > b.arena.Size() {
@@ -75,19 +76,16 @@ func (b *Batch) Ioctl(op func() string, req uint64, size int, layout func(base u
 			return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", opName(op), need(0, 1), b.arena.Size())
 		}
 	}
-	region := layout(b.arena.Addr() + uint64(off))
-	if len(region) != size {
-		return fmt.Errorf("verbs: %s laid out %d bytes, not %d", opName(op), len(region), size)
-	}
 	if b.buf == nil {
-		// One buffer, the arena's size, for every run: growing one
-		// per run was most of the cost of queueing under emulation.
+		// One buffer, the arena's size, for every run, each command
+		// laid out in place: growing one per run, and a buffer per
+		// command, were most of the cost of queueing under emulation.
 		b.buf = make([]byte, 0, b.arena.Size())
 	}
 	n := len(b.buf)
 	b.buf = b.buf[:off+size]
-	clear(b.buf[n:off])
-	copy(b.buf[off:], region)
+	clear(b.buf[n:])
+	layout(b.arena.Addr()+uint64(off), b.buf[off:])
 	b.cmds = append(b.cmds, queued{op: op, req: req, off: off, size: size, done: done})
 	return nil
 }
@@ -116,10 +114,14 @@ func (b *Batch) Flush() error {
 	if len(b.cmds) == 0 {
 		return nil
 	}
-	cmds := b.cmds
-	b.cmds = nil
-	buf := b.buf
-	defer func() { b.buf = buf[:0] }()
+	cmds, buf := b.cmds, b.buf
+	b.cmds, b.buf = nil, nil
+	defer func() {
+		// Reused unless a done callback queued more meanwhile.
+		if b.cmds == nil && b.buf == nil {
+			b.cmds, b.buf = cmds[:0], buf[:0]
+		}
+	}()
 	if err := b.arena.WriteAt(buf, 0); err != nil {
 		return err
 	}

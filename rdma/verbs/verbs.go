@@ -147,8 +147,9 @@ func AttachDevice(a Arena, fd int) *Device { return &Device{FD: fd, arena: a} }
 // driver input drv, core output out and driver output uhw, which the run
 // fills.
 type command struct {
-	op       string // what errors call it: a format for args
-	args     []any
+	op       string // what errors call it: a format for its nargs args
+	args     [2]uint64
+	nargs    int
 	what     string // what it is for, if given
 	cmd      uint32
 	in, drv  []byte
@@ -160,8 +161,12 @@ type command struct {
 // emulation a Sprintf per command is a measurable part of a restore.
 func (c *command) name() string {
 	n := c.op
-	if len(c.args) > 0 {
-		n = fmt.Sprintf(c.op, c.args...)
+	if c.nargs > 0 {
+		args := make([]any, c.nargs)
+		for i := range args {
+			args[i] = c.args[i]
+		}
+		n = fmt.Sprintf(c.op, args...)
 	}
 	if c.what != "" {
 		n = c.what + ": " + n
@@ -184,13 +189,13 @@ func (c *command) nattrs() int {
 func (c *command) outOff() int { return hdrSize + attrSize*c.nattrs() + len(c.in) + len(c.drv) }
 func (c *command) size() int   { return c.outOff() + len(c.out) + len(c.uhw) }
 
-// layout lays the command out for address base of the arena's process.
-func (c *command) layout(base uint64) []byte {
+// layout lays the command out in b, zeroed and of its size, for address
+// base of the arena's process.
+func (c *command) layout(base uint64, b []byte) {
 	nattrs := c.nattrs()
 	inOff := hdrSize + attrSize*nattrs
 	outOff := c.outOff()
 	uhwOff := outOff + len(c.out)
-	b := make([]byte, c.size())
 	le := binary.LittleEndian
 	le.PutUint16(b[0:], uint16(inOff))
 	le.PutUint16(b[2:], objDevice)
@@ -224,7 +229,6 @@ func (c *command) layout(base uint64) []byte {
 	}
 	copy(b[inOff:], c.in)
 	copy(b[inOff+len(c.in):], c.drv)
-	return b
 }
 
 // take copies the outputs from the command's laid-out region after a run.
@@ -246,7 +250,8 @@ func (d *Device) run(c *command) error {
 	if c.size() > d.arena.Size() {
 		return fmt.Errorf("verbs: %s needs %d bytes of arena, has %d", c.name(), c.size(), d.arena.Size())
 	}
-	b := c.layout(d.arena.Addr())
+	b := make([]byte, c.size())
+	c.layout(d.arena.Addr(), b)
 	if err := d.arena.WriteAt(b, 0); err != nil {
 		return err
 	}
@@ -280,7 +285,7 @@ func handleOf(c *command) uint32 { return binary.LittleEndian.Uint32(c.out) }
 func (d *Device) DeallocPD(h uint32) error { return d.run(deallocPDCommand(h)) }
 
 func deallocPDCommand(h uint32) *command {
-	return &command{op: "dealloc PD %d", args: []any{h}, cmd: cmdDeallocPD, in: binary.LittleEndian.AppendUint32(nil, h)}
+	return &command{op: "dealloc PD %d", args: [2]uint64{uint64(h)}, nargs: 1, cmd: cmdDeallocPD, in: binary.LittleEndian.AppendUint32(nil, h)}
 }
 
 // CreateCompChannel creates a completion channel and returns its fd in
@@ -543,7 +548,13 @@ func (d *Device) ModifyQP(h uint32, a QPAttr) error { return d.run(modifyQPComma
 
 func modifyQPCommand(h uint32, a QPAttr) *command {
 	le := binary.LittleEndian
-	in := make([]byte, modifyQPCmdBytes)
+	// The command and its input in one allocation: a restore queues
+	// three per QP.
+	m := new(struct {
+		command
+		in [modifyQPCmdBytes]byte
+	})
+	in := m.in[:]
 	// struct ib_uverbs_qp_dest at 0: the primary path.
 	copy(in[0:16], a.DGID[:])
 	le.PutUint32(in[16:], a.FlowLabel)
@@ -560,5 +571,6 @@ func modifyQPCommand(h uint32, a QPAttr) *command {
 	in[96], in[98] = a.State, a.PathMTU
 	in[101], in[102], in[103] = a.MaxRDAtomic, a.MaxDestRDAtomic, a.MinRNRTimer
 	in[104], in[105], in[106], in[107] = a.PortNum, a.Timeout, a.RetryCnt, a.RNRRetry
-	return &command{op: "modify QP %d to state %d", args: []any{h, a.State}, cmd: cmdModifyQP, in: in}
+	m.command = command{op: "modify QP %d to state %d", args: [2]uint64{uint64(h), uint64(a.State)}, nargs: 2, cmd: cmdModifyQP, in: in}
+	return &m.command
 }
