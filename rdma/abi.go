@@ -47,8 +47,9 @@ const (
 	methodResume  = nsDriver + 1
 	methodQueryQP = nsDriver + 2
 	methodListQPs = nsDriver + 3
-	// nsDriver + 4 was SET_HINT: a create now takes its hint (ID.Hint).
-	methodCheck = nsDriver + 5
+	// methodAllowHints is the 17th patch's (it took SET_HINT's number).
+	methodAllowHints = nsDriver + 4
+	methodCheck      = nsDriver + 5
 
 	attrQP     = nsDriver + 0
 	attrCount  = nsDriver + 1
@@ -56,6 +57,7 @@ const (
 	attrQPList = nsDriver + 3
 	attrIDs    = nsDriver + 5
 	attrStatus = nsDriver + 6
+	attrAllow  = nsDriver + 20 // the 17th patch's
 
 	qpInfoSize = 48
 	qpRefSize  = 8
@@ -218,7 +220,8 @@ const idHasKey = 1 // RXE_MIG_ID_HAS_KEY
 // Hint is the driver input with which a create of an object of id.Type
 // takes exactly id (and, for an MR or MW with HasKey, its key byte): see
 // verbs.Device.Hint. The create fails with EBUSY if another object has
-// that ID (kernel patch 0017; CAP_SYS_ADMIN only).
+// that ID, and with EPERM unless its context allows hints
+// (Context.AllowHints) or its creator has CAP_SYS_ADMIN.
 func (id ID) Hint() []byte { return id.append(nil) }
 
 func (id ID) append(b []byte) []byte {

@@ -263,6 +263,18 @@ func (c *Context) QueryQP(h uint32) (QPInfo, error) {
 	return info, nil
 }
 
+// AllowHints lets the creates of the context carry ID hints (ID.Hint),
+// or no longer. A restore allows them while it recreates a process'
+// objects: the creates run in the process, which may lack the
+// CAP_SYS_ADMIN this call needs (kernel patch 0017).
+func (c *Context) AllowHints(allow bool) error {
+	var v [4]byte
+	if allow {
+		v[0] = 1
+	}
+	return c.call("allow ID hints", methodAllowHints, []attr{inAttr(attrAllow, v[:])}, v[:])
+}
+
 // CheckIDs reports for each of ids whether it is free on the context's
 // device: nil, or an error wrapping ErrIDTaken or ErrIDRange.
 func (c *Context) CheckIDs(ids []ID) ([]error, error) {

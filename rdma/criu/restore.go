@@ -507,6 +507,13 @@ func restoreContext(t *task, a *remoteArena, img *image.Context) (*rdma.Context,
 	if err := errors.Join(errs...); err != nil {
 		return c, err
 	}
+	// The creates below carry their objects' IDs. They run in the task,
+	// which need not hold the privilege that takes: this process lets
+	// the context's creates do it while the restore runs.
+	if err := c.AllowHints(true); err != nil {
+		return c, err
+	}
+	defer c.AllowHints(false)
 
 	// Every call in the task is a ptrace round trip. What need not run
 	// there runs here, on this process' copy of the file: the handle
