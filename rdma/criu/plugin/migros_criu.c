@@ -46,6 +46,16 @@
 
 #include <criu/criu-plugin.h>
 
+/*
+ * CRIU's log file. criu exports it (declared in criu-log.h, which needs
+ * CRIU's internal log.h). Our messages and migros' errors go there: when
+ * runc runs CRIU, its stderr is not kept.
+ */
+extern int log_get_fd(void);
+
+#define plugin_err(fmt, ...) \
+	dprintf(log_get_fd(), "Error (migros plugin): " fmt, ##__VA_ARGS__)
+
 #define UVERBS_MAJOR	231
 #define UVERBS_MINOR	192
 
@@ -85,16 +95,18 @@ static pid_t start_migros(const char *cmd, int fd, const char *id_flag, int id)
 	if (pid < 0)
 		return -errno;
 	if (!pid) {
-		/* Move both out of the way first: either may be 3 or 4. */
+		/* Move all out of the way first: any may be 2, 3 or 4. */
 		int f = fcntl(fd, F_DUPFD, 10);
 		int dir = fcntl(criu_get_image_dir(), F_DUPFD, 10);
+		int log = fcntl(log_get_fd(), F_DUPFD, 10);
 
 		if (f < 0 || dir < 0 || dup2(f, 3) < 0 || dup2(dir, 4) < 0)
 			_exit(126);
+		if (log >= 0)
+			dup2(log, 2);
 		execlp(bin, "migros", cmd, "--fd", "3", "--images-fd", "4",
 		       id_flag, idstr, (char *)NULL);
-		fprintf(stderr, "migros plugin: exec %s: %s\n", bin,
-			strerror(errno));
+		dprintf(2, "migros plugin: exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
 	return pid;
@@ -107,8 +119,7 @@ static int wait_migros(pid_t pid, const char *cmd, int id)
 	if (waitpid(pid, &status, 0) < 0)
 		return -errno;
 	if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-		fprintf(stderr, "migros plugin: migros %s for %d failed\n",
-			cmd, id);
+		plugin_err("migros %s for %d failed\n", cmd, id);
 		return -EIO;
 	}
 	return 0;
@@ -298,8 +309,7 @@ static int64_t task_syscall(pid_t pid, const struct user_regs_struct *saved,
 	if (waitpid(pid, &status, __WALL) != pid)
 		return -errno;
 	if (!WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) {
-		fprintf(stderr, "migros plugin: task %d: status %#x in a system call\n",
-			pid, status);
+		plugin_err("task %d: status %#x in a system call\n", pid, status);
 		return -ECHILD;
 	}
 	if (ptrace(PTRACE_GETREGS, pid, NULL, &r))
@@ -474,8 +484,8 @@ static int migros_resume_late(int pid)
 	close(sv[0]);
 	werr = wait_migros(child, "criu-restore", pid);
 	if (err || werr) {
-		fprintf(stderr, "migros plugin: RDMA restore of %d failed (%d); killing it\n",
-			pid, err ? err : werr);
+		plugin_err("RDMA restore of %d failed (%d); killing it\n",
+			   pid, err ? err : werr);
 		kill(pid, SIGKILL);
 		return err ? err : werr;
 	}
