@@ -81,7 +81,11 @@ CRIU_PLUGIN := $(OUT)/lib/criu/migros_criu.so
 $(CRIU_PLUGIN): rdma/criu/plugin/migros_criu.c | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
-plugin: $(CRIU_PLUGIN)
+# The CRIU configuration containerd-shim-migros-v1 runs CRIU with.
+$(OUT)/lib/criu/migros.conf: rdma/criu/plugin/migros.conf
+	@mkdir -p $(dir $@)
+	cp $< $@
+plugin: $(CRIU_PLUGIN) $(OUT)/lib/criu/migros.conf
 
 # Go tests that need an RDMA device, compiled here and run in a guest by
 # the e2e tests (they skip elsewhere).
@@ -93,10 +97,10 @@ $(BIN)/verbs.test: $(wildcard rdma/verbs/*.go rdma/*.go) | $(CACHE)/.deps-$(KREL
 $(LABOUT)/initrd.img: hack/lab/mkinitrd.sh hack/lab/initrd-init | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	hack/lab/mkinitrd.sh $(KIMAGE) $(KREL) $@
 
-# The test image is rebuilt only when the builder or the host's RDMA
-# packages change.
-$(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status | binaries
-	$(BIN)/migros-lab image -o $@
+# The test image is rebuilt only when the builder, our rdmacheck or the
+# host's RDMA packages change. rdmacheck is in it at its path here.
+$(LABOUT)/rdma-test.oci.tar: $(wildcard integration/testimage/*.go) /var/lib/dpkg/status $(BIN)/rdmacheck | binaries
+	$(BIN)/migros-lab image -o $@ -add $(BIN)/rdmacheck
 
 lab-assets: tools kernel binaries plugin $(DEVICE_TESTS) $(BIN)/rdmacheck $(LABOUT)/initrd.img $(LABOUT)/rdma-test.oci.tar
 	@printf '{\n  "kernel": "%s",\n  "initrd": "%s",\n  "modules": "%s",\n  "rxe": "%s",\n  "bin": "%s",\n  "guest_init": "%s",\n  "image": "%s",\n  "migros_version": "%s"\n}\n' \

@@ -8,24 +8,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/migros/migros/rdma/criu"
 	"github.com/migros/migros/runtime/checkpoint"
+	"github.com/migros/migros/runtime/install"
 )
 
-// pluginDir is where make puts migros_criu.so: ../lib/criu from this
-// binary.
-func pluginDir() string {
-	exe, err := os.Executable()
-	if err != nil {
-		return "/usr/local/lib/migros/criu"
-	}
-	return filepath.Join(filepath.Dir(exe), "..", "lib", "criu")
-}
+// pluginDir is where the build and make install put migros_criu.so.
+func pluginDir() string { return install.Beside().PluginDir }
 
 func checkpointCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("checkpoint", flag.ExitOnError)

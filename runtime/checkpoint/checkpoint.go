@@ -140,16 +140,16 @@ func Run(ctx context.Context, o Options) error {
 		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), logTail(o.ImagesDir, "dump.log"))
 	}
 	if err != nil || o.LeaveRunning {
-		if rerr := resume(o.PID); rerr != nil {
+		if rerr := Resume(o.PID); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}
 	return err
 }
 
-// resume resumes the Stopped QPs of every process of the tree that still
-// runs.
-func resume(pid int) error {
+// Resume resumes the Stopped QPs of every process of the tree of pid that
+// still runs.
+func Resume(pid int) error {
 	var errs []error
 	for _, p := range tree(pid) {
 		ctxs, err := rdma.OpenPID(p)

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package install says where MigrOS' pieces are: its binaries (migros,
+// containerd-shim-migros-v1) in one directory, its CRIU plugin in
+// ../lib/criu from there. The build output (_output/bin, _output/lib/criu)
+// and `make install` (PREFIX/bin, PREFIX/lib/criu) lay them out so.
+package install
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// Paths of an installation.
+type Paths struct {
+	Migros    string // the migros binary, which the CRIU plugin runs
+	PluginDir string // holds migros_criu.so; CRIU loads every plugin there
+}
+
+// At is the installation whose binaries are in bin.
+func At(bin string) Paths {
+	return Paths{Migros: filepath.Join(bin, "migros"), PluginDir: filepath.Join(bin, "..", "lib", "criu")}
+}
+
+// CRIUConfig is the CRIU configuration file MigrOS runs CRIU with, next
+// to the plugin (CRIU loads only *.so files from there as plugins).
+func (p Paths) CRIUConfig() string { return filepath.Join(p.PluginDir, "migros.conf") }
+
+// Beside is the installation the running binary belongs to.
+func Beside() Paths {
+	exe, err := os.Executable()
+	if err != nil {
+		return At("/usr/local/bin")
+	}
+	return At(filepath.Dir(exe))
+}

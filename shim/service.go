@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package shim is the task service of containerd-shim-migros-v1 (runtime
+// io.containerd.migros.v1): containerd's runc task service, wrapped, whose
+// checkpoint and restore also carry the RDMA state of the container's
+// processes. Stock CRIU, run by runc, does the processes; MigrOS' CRIU
+// plugin, which the wrapper points CRIU at, hands it the uverbs files and
+// runs migros to dump and rebuild their RDMA objects. A container that
+// uses no RDMA behaves exactly as under io.containerd.runc.v2.
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/migros/migros/runtime/checkpoint"
+	"github.com/migros/migros/runtime/install"
+)
+
+// Service wraps the runc task service.
+type Service struct {
+	taskAPI.TTRPCTaskService
+	paths install.Paths
+
+	mu sync.Mutex
+	// restoring: containers created from a checkpoint with RDMA state,
+	// by ID, whose Start restores it.
+	restoring map[string]bool
+}
+
+// New wraps inner, the runc task service; paths locate MigrOS' CRIU
+// plugin and the migros binary it runs.
+func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
+	return &Service{TTRPCTaskService: inner, paths: paths, restoring: map[string]bool{}}
+}
+
+// RegisterTTRPC serves the wrapper, not the runc service, as the task
+// service.
+func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+	return nil
+}
+
+// withPlugin is ctx with the environment that makes the CRIU that runc
+// runs load MigrOS' plugin, and the plugin find migros.
+func (s *Service) withPlugin(ctx context.Context) context.Context {
+	return runc.WithExtraEnv(ctx, "CRIU_LIBS_DIR="+s.paths.PluginDir, "MIGROS_BIN="+s.paths.Migros)
+}
+
+// Create gives an RDMA container MigrOS' CRIU configuration, and records
+// whether the container is restored from a checkpoint with RDMA state,
+// which must fit this host: its devices, free IDs and objects are checked
+// before anything is created.
+func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if err := configureCRIU(r.Bundle, s.paths.CRIUConfig()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	rdmaRestore := false
+	if r.Checkpoint != "" {
+		imgs, err := checkpoint.Images(r.Checkpoint)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("%w: RDMA images of checkpoint %s: %w", errdefs.ErrInvalidArgument, r.Checkpoint, err))
+		}
+		if len(imgs) > 0 {
+			if err := checkpoint.Preflight(imgs); err != nil {
+				return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err))
+			}
+			rdmaRestore = true
+		}
+	}
+	resp, err := s.TTRPCTaskService.Create(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if rdmaRestore {
+		s.mu.Lock()
+		s.restoring[r.ID] = true
+		s.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// Start of a container created from a checkpoint is its restore: runc
+// restore, with the plugin rebuilding the RDMA state of each process
+// before it runs and resuming its QPs towards their peers.
+func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	s.mu.Lock()
+	restore := r.ExecID == "" && s.restoring[r.ID]
+	delete(s.restoring, r.ID)
+	s.mu.Unlock()
+	if restore {
+		ctx = s.withPlugin(ctx)
+	}
+	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// Checkpoint refuses, before anything is frozen, a container with what
+// MigrOS cannot checkpoint; dumps it with its RDMA state; and, if it keeps
+// running or the dump fails, resumes its QPs in place so that its peers
+// carry on with it.
+func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
+	if err != nil {
+		return nil, err
+	}
+	pid := int(st.Pid)
+	if err := checkpoint.Refusals(pid); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: container %s: %w", errdefs.ErrNotImplemented, r.ID, err))
+	}
+	opts, err := checkpointOptions(ctx, r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
+	if err != nil || !opts.Exit {
+		if rerr := checkpoint.Resume(pid); rerr != nil {
+			log.G(ctx).WithError(rerr).Warnf("container %s: resuming its QPs", r.ID)
+			err = errors.Join(err, errgrpc.ToGRPC(rerr))
+		}
+	}
+	return resp, err
+}
+
+// checkpointOptions are r's runc checkpoint options. The runc service
+// takes only runc's type; containerd's CRI plugin sends its own for a
+// runtime that is not runc, which carries nothing a runc checkpoint
+// uses: r then goes on with runc's defaults (the container keeps
+// running).
+func checkpointOptions(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*options.CheckpointOptions, error) {
+	if r.Options == nil {
+		return &options.CheckpointOptions{}, nil
+	}
+	v, err := typeurl.UnmarshalAny(r.Options)
+	if err != nil {
+		return nil, fmt.Errorf("%w: checkpoint options: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if o, ok := v.(*options.CheckpointOptions); ok {
+		return o, nil
+	}
+	log.G(ctx).Debugf("checkpoint of %s: options of type %s taken as runc's defaults", r.ID, r.Options.GetTypeUrl())
+	r.Options = nil
+	return &options.CheckpointOptions{}, nil
+}
+
+// criuConfigAnnotation names the CRIU configuration file runc gives CRIU
+// for the container's checkpoints and restores.
+const criuConfigAnnotation = "org.criu.config"
+
+// configureCRIU points a container that has RDMA devices at MigrOS' CRIU
+// configuration (conf), unless its spec names one: RDMA programs keep the
+// TCP connection they exchanged QP numbers over, which CRIU dumps and
+// restores only when told to, and runc tells it so at restore only
+// through this file. The spec is the bundle's config.json, which runc
+// reads at create.
+func configureCRIU(bundle, conf string) error {
+	if bundle == "" {
+		return nil
+	}
+	path := filepath.Join(bundle, "config.json")
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	var spec rdmaSpec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if _, set := spec.Annotations[criuConfigAnnotation]; set || !spec.hasRDMA() {
+		return nil
+	}
+	// Change only the annotations; keep every other field as it is.
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	ann := spec.Annotations
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann[criuConfigAnnotation] = conf
+	if raw["annotations"], err = json.Marshal(ann); err != nil {
+		return err
+	}
+	out, err := json.Marshal(raw)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".migros"
+	if err := os.WriteFile(tmp, out, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// rdmaSpec is what configureCRIU reads of an OCI spec.
+type rdmaSpec struct {
+	Annotations map[string]string `json:"annotations"`
+	Linux       *struct {
+		Devices []struct {
+			Path string `json:"path"`
+		} `json:"devices"`
+	} `json:"linux"`
+}
+
+// hasRDMA says whether the container gets an RDMA device.
+func (s rdmaSpec) hasRDMA() bool {
+	if s.Linux == nil {
+		return false
+	}
+	for _, d := range s.Linux.Devices {
+		if strings.HasPrefix(d.Path, "/dev/infiniband/") {
+			return true
+		}
+	}
+	return false
+}
