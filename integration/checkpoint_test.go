@@ -44,9 +44,23 @@ func readCount(ctx context.Context, t *testing.T, g *lab.Guest, id string) count
 	return count{f[0], n}
 }
 
-// A plain (non-RDMA) container is checkpointed and restored with ctr, runc
-// and CRIU in a guest, and continues from where it was.
+// A plain (non-RDMA) container is run, paused, resumed, exec'd into,
+// checkpointed and restored with ctr, runc and CRIU in a guest, and
+// continues from where it was: under the runc runtime, and the same under
+// MigrOS' (io.containerd.migros.v1), which wraps it.
 func TestCheckpointRestoreCounter(t *testing.T) {
+	for _, tc := range []struct{ name, runtime string }{
+		{"runc", ""},
+		{"migros", migrosRuntime},
+	} {
+		t.Run(tc.name, func(t *testing.T) { counterLifecycle(t, tc.runtime) })
+	}
+}
+
+// migrosRuntime is MigrOS' containerd runtime (containerd-shim-migros-v1).
+const migrosRuntime = "io.containerd.migros.v1"
+
+func counterLifecycle(t *testing.T, runtime string) {
 	ctx := testContext(t, 10*time.Minute)
 	src := guest(t, "src")
 	const id = "e2e-counter"
@@ -56,18 +70,39 @@ func TestCheckpointRestoreCounter(t *testing.T) {
 		src.RemoveContainer(ctx, id)
 		_ = src.Run(ctx, "ctr", "images", "rm", ref)
 	})
-	run, err := src.RunArgv(ctx, lab.Container{ID: id, Detach: true}, "sh", "-c", counterScript)
+	run, err := src.RunArgv(ctx, lab.Container{ID: id, Detach: true, Runtime: runtime}, "sh", "-c", counterScript)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := src.Run(ctx, run...); err != nil {
 		t.Fatal(err)
 	}
+	if rt := taskRuntime(ctx, t, src, id); runtime != "" && rt != runtime {
+		t.Fatalf("container runs under %q, not %q", rt, runtime)
+	}
 	// Let it count for a while, so that a restart would be obvious.
 	var before count
 	for before.n < 20 {
 		time.Sleep(time.Second)
 		before = readCount(ctx, t, src, id)
+	}
+
+	// Paused, it is reported so; resumed, it counts on.
+	if err := src.Run(ctx, "ctr", "task", "pause", id); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	if st := taskStatus(ctx, t, src, id); st != "PAUSED" {
+		t.Fatalf("paused task is %s", st)
+	}
+	if err := src.Run(ctx, "ctr", "task", "resume", id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if st := taskStatus(ctx, t, src, id); st != "RUNNING" {
+		t.Fatalf("resumed task is %s", st)
+	}
+	time.Sleep(time.Second)
+	if c := readCount(ctx, t, src, id); c.token != before.token || c.n <= before.n {
+		t.Fatalf("counter after pause and resume: %+v, before %+v", c, before)
 	}
 
 	if err := src.Run(ctx, "ctr", "container", "checkpoint", "--task", "--rw", id, ref); err != nil {
@@ -85,6 +120,9 @@ func TestCheckpointRestoreCounter(t *testing.T) {
 	if err := src.Run(ctx, "ctr", "container", "restore", "--live", "--rw", id, ref); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
+	if rt := taskRuntime(ctx, t, src, id); runtime != "" && rt != runtime {
+		t.Fatalf("restored container runs under %q, not %q", rt, runtime)
+	}
 	restored := readCount(ctx, t, src, id)
 	if restored.token != before.token {
 		t.Fatalf("restored process has token %s, the checkpointed one had %s: it restarted instead of restoring",
@@ -100,4 +138,57 @@ func TestCheckpointRestoreCounter(t *testing.T) {
 		t.Fatalf("restored counter does not advance: %+v then %+v", restored, later)
 	}
 	t.Logf("counter %d before checkpoint, %d right after restore, %d two seconds later", before.n, restored.n, later.n)
+
+	// Killed, it is reported stopped, and deleted, gone.
+	if err := src.Run(ctx, "ctr", "task", "kill", "-s", "SIGKILL", id); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for taskStatus(ctx, t, src, id) != "STOPPED" {
+		if time.Now().After(deadline) {
+			t.Fatalf("killed task is still %s", taskStatus(ctx, t, src, id))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := src.Run(ctx, "ctr", "task", "delete", id); err != nil {
+		t.Fatalf("task delete: %v", err)
+	}
+	if err := src.Run(ctx, "ctr", "container", "delete", id); err != nil {
+		t.Fatalf("container delete: %v", err)
+	}
+	if out, err := src.Output(ctx, "ctr", "container", "list", "-q"); err != nil || strings.Contains(out, id) {
+		t.Fatalf("container still listed after delete: %q %v", out, err)
+	}
+}
+
+// taskStatus is what ctr task list says of task id.
+func taskStatus(ctx context.Context, t *testing.T, g *lab.Guest, id string) string {
+	t.Helper()
+	out, err := g.Output(ctx, "ctr", "task", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == id {
+			return f[2]
+		}
+	}
+	t.Fatalf("task %s not listed:\n%s", id, out)
+	return ""
+}
+
+// taskRuntime is the runtime containerd runs container id under.
+func taskRuntime(ctx context.Context, t *testing.T, g *lab.Guest, id string) string {
+	t.Helper()
+	out, err := g.Output(ctx, "ctr", "container", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == id {
+			return f[2]
+		}
+	}
+	t.Fatalf("container %s not listed:\n%s", id, out)
+	return ""
 }

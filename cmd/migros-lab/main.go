@@ -24,6 +24,7 @@ import (
 	"github.com/migros/migros/integration/lab"
 	"github.com/migros/migros/integration/lab/control"
 	"github.com/migros/migros/integration/testimage"
+	"github.com/migros/migros/runtime/container"
 )
 
 const usage = `usage: migros-lab COMMAND [flags]
@@ -35,7 +36,9 @@ commands:
   exec    [--name N] GUEST CMD...    run a command in a guest
   shell   [--name N] GUEST           interactive shell in a guest (Ctrl-] quits)
   demo    [--assets F]               boot a lab, run RDMA containers, tear down
-  image   -o FILE                    build the RDMA test image (OCI archive)
+  image   -o FILE [-add PROG,..]     build the RDMA test image (OCI archive)
+  restore-task ID CHECKPOINT         (in a guest) restore container ID's task from a
+                                     task checkpoint (ctr task checkpoint), which ctr cannot
   agent   [--port NAME]              (in a guest) serve the control channel
   forge   --to IP --qpn N --src-qpn N [--psn P] [--token T] [--type resume|resume-ack] [--bad-icrc]
                                      (in a guest) send one crafted MigrOS packet
@@ -50,7 +53,7 @@ func main() {
 	defer stop()
 	cmds := map[string]func(context.Context, []string) error{
 		"up": up, "down": down, "status": status, "exec": execCmd, "shell": shell,
-		"demo": demo, "image": image, "agent": agent, "forge": forge,
+		"demo": demo, "image": image, "agent": agent, "forge": forge, "restore-task": restoreTask,
 	}
 	fn, ok := cmds[os.Args[1]]
 	if !ok {
@@ -244,16 +247,21 @@ func shell(ctx context.Context, args []string) error {
 func image(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("image", flag.ExitOnError)
 	out := fs.String("o", "", "output file")
+	add := fs.String("add", "", "more programs, comma-separated, copied at their own path with their libraries")
 	fs.Parse(args)
 	if *out == "" {
-		return errors.New("usage: image -o FILE")
+		return errors.New("usage: image -o FILE [-add PROGRAM,...]")
+	}
+	spec := testimage.DefaultSpec()
+	if *add != "" {
+		spec.Programs = append(spec.Programs, strings.Split(*add, ",")...)
 	}
 	tmp := *out + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
-	digest, err := testimage.Build(ctx, testimage.DefaultSpec(), f)
+	digest, err := testimage.Build(ctx, spec, f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -295,4 +303,24 @@ func findPort(name string) string {
 		}
 	}
 	return ""
+}
+
+// restoreTask restores a container's task from a task checkpoint through
+// containerd's API (NewTask with the checkpoint, then Start): the path
+// containerd clients other than ctr take.
+func restoreTask(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore-task", flag.ExitOnError)
+	address := fs.String("address", container.DefaultAddress, "containerd's socket")
+	ns := fs.String("namespace", "default", "containerd namespace")
+	work := fs.String("work-path", "", "directory for CRIU's work files and log")
+	fs.Parse(args)
+	if fs.NArg() != 2 {
+		return errors.New("usage: restore-task [--address SOCK] [--namespace NS] [--work-path DIR] ID CHECKPOINT")
+	}
+	pid, err := container.RestoreTask(ctx, *address, *ns, fs.Arg(0), fs.Arg(1), *work)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("restored container %s, pid %d\n", fs.Arg(0), pid)
+	return nil
 }
