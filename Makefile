@@ -30,7 +30,7 @@ GOTEST_FLAGS ?=
 E2E_TIMEOUT ?= 40m
 E2E_RUN ?= .
 
-.PHONY: all deps tools kernel kernel-check binaries plugin lab-assets lab lab-down demo \
+.PHONY: all deps tools kernel kernel-check binaries plugin install lab-assets lab lab-down demo \
 	test unit-test e2e-test bench bench-lab clean distclean
 
 all: binaries kernel
@@ -167,6 +167,17 @@ bench: lab-assets
 	$(BIN)/migros-lab down --name bench; \
 	if [ $$rc = 0 ]; then for f in bench-rxe bench-checkpoint; do \
 		if [ -e $(OUT)/$$f.md ]; then cp $(OUT)/$$f.md docs/$$f.md; fi; done; fi; exit $$rc
+
+# Installs MigrOS where containerd and CRIU find it: the migros CLI and
+# containerd-shim-migros-v1 in $(PREFIX)/bin (on containerd's PATH), the
+# CRIU plugin and MigrOS' CRIU configuration in $(PREFIX)/lib/criu, where
+# both binaries look for them. The kernel module is not installed here:
+# see docs/containerd.md.
+PREFIX ?= /usr/local
+install: binaries plugin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/criu
+	install -m 0755 $(BIN)/migros $(BIN)/containerd-shim-migros-v1 $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(CRIU_PLUGIN) $(OUT)/lib/criu/migros.conf $(DESTDIR)$(PREFIX)/lib/criu/
 
 clean: lab-down
 	rm -rf $(OUT)
