@@ -164,23 +164,20 @@ func counterLifecycle(t *testing.T, runtime string) {
 // taskStatus is what ctr task list says of task id.
 func taskStatus(ctx context.Context, t *testing.T, g *lab.Guest, id string) string {
 	t.Helper()
-	out, err := g.Output(ctx, "ctr", "task", "list")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(out, "\n") {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == id {
-			return f[2]
-		}
-	}
-	t.Fatalf("task %s not listed:\n%s", id, out)
-	return ""
+	return ctrColumn(ctx, t, g, "task", id)
 }
 
 // taskRuntime is the runtime containerd runs container id under.
 func taskRuntime(ctx context.Context, t *testing.T, g *lab.Guest, id string) string {
 	t.Helper()
-	out, err := g.Output(ctx, "ctr", "container", "list")
+	return ctrColumn(ctx, t, g, "container", id)
+}
+
+// ctrColumn is the third column of id's row in ctr KIND list (a task's
+// status, a container's runtime).
+func ctrColumn(ctx context.Context, t *testing.T, g *lab.Guest, kind, id string) string {
+	t.Helper()
+	out, err := g.Output(ctx, "ctr", kind, "list")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +186,6 @@ func taskRuntime(ctx context.Context, t *testing.T, g *lab.Guest, id string) str
 			return f[2]
 		}
 	}
-	t.Fatalf("container %s not listed:\n%s", id, out)
+	t.Fatalf("%s %s not listed:\n%s", kind, id, out)
 	return ""
 }
