@@ -114,30 +114,44 @@ func checkPingpong(iters int) func(*testing.T, string) {
 }
 
 // A container started through containerd in src runs an RDMA program
-// against peer.
+// against peer, with its devices and an unlimited memlock limit: given by
+// ctr (--device), or by MigrOS' runtime for a container that asks for
+// RDMA with an annotation.
 func TestContainerRDMA(t *testing.T) {
-	ctx := testContext(t, 5*time.Minute)
-	src, peer := guest(t, "src"), guest(t, "peer")
-	const id = "e2e-rdma"
-	t.Cleanup(func() { src.RemoveContainer(testContext(t, time.Minute), id) })
-	const iters = 200
-	pp := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", fmt.Sprint(iters)}
-	client, err := src.RunArgv(ctx, lab.Container{ID: id, RDMA: true},
-		"sh", "-c", `echo "memlock=$(ulimit -l)"; ls /dev/infiniband; exec "$@"`, "sh")
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		c    lab.Container
+	}{
+		{"devices from ctr", lab.Container{RDMA: true}},
+		{"devices from the shim", lab.Container{Runtime: migrosRuntime, NetHost: true,
+			Annotations: map[string]string{"io.migros.rdma": "true"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t, 5*time.Minute)
+			src, peer := guest(t, "src"), guest(t, "peer")
+			const id = "e2e-rdma"
+			t.Cleanup(func() { src.RemoveContainer(testContext(t, time.Minute), id) })
+			const iters = 200
+			pp := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", fmt.Sprint(iters)}
+			tc.c.ID = id
+			client, err := src.RunArgv(ctx, tc.c,
+				"sh", "-c", `echo "memlock=$(ulimit -l)"; ls /dev/infiniband; exec "$@"`, "sh")
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = append(append(client, pp...), peer.Addr())
+			res, err := lab.RunPair(ctx, peer, pp, src, client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(res.Client, "memlock=unlimited") {
+				t.Fatalf("container memlock limit is not unlimited:\n%s", res.Client)
+			}
+			if !strings.Contains(res.Client, "uverbs0") {
+				t.Fatalf("container does not see /dev/infiniband/uverbs0:\n%s", res.Client)
+			}
+			checkPingpong(iters)(t, res.Client)
+			checkPingpong(iters)(t, res.Server)
+		})
 	}
-	client = append(append(client, pp...), peer.Addr())
-	res, err := lab.RunPair(ctx, peer, pp, src, client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(res.Client, "memlock=unlimited") {
-		t.Fatalf("container memlock limit is not unlimited:\n%s", res.Client)
-	}
-	if !strings.Contains(res.Client, "uverbs0") {
-		t.Fatalf("container does not see /dev/infiniband/uverbs0:\n%s", res.Client)
-	}
-	checkPingpong(iters)(t, res.Client)
-	checkPingpong(iters)(t, res.Server)
 }

@@ -11,12 +11,8 @@ package shim
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -63,12 +59,13 @@ func (s *Service) withPlugin(ctx context.Context) context.Context {
 	return runc.WithExtraEnv(ctx, "CRIU_LIBS_DIR="+s.paths.PluginDir, "MIGROS_BIN="+s.paths.Migros)
 }
 
-// Create gives an RDMA container MigrOS' CRIU configuration, and records
+// Create gives a container that asks for RDMA the host's RDMA devices
+// and an RDMA container MigrOS' CRIU configuration (prepareSpec), and records
 // whether the container is restored from a checkpoint with RDMA state,
 // which must fit this host: its devices, free IDs and objects are checked
 // before anything is created.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	if err := configureCRIU(r.Bundle, s.paths.CRIUConfig()); err != nil {
+	if err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), hostDevices); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rdmaRestore := false
@@ -156,81 +153,4 @@ func checkpointOptions(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*
 	log.G(ctx).Debugf("checkpoint of %s: options of type %s taken as runc's defaults", r.ID, r.Options.GetTypeUrl())
 	r.Options = nil
 	return &options.CheckpointOptions{}, nil
-}
-
-// criuConfigAnnotation names the CRIU configuration file runc gives CRIU
-// for the container's checkpoints and restores.
-const criuConfigAnnotation = "org.criu.config"
-
-// configureCRIU points a container that has RDMA devices at MigrOS' CRIU
-// configuration (conf), unless its spec names one: RDMA programs keep the
-// TCP connection they exchanged QP numbers over, which CRIU dumps and
-// restores only when told to, and runc tells it so at restore only
-// through this file. The spec is the bundle's config.json, which runc
-// reads at create.
-func configureCRIU(bundle, conf string) error {
-	if bundle == "" {
-		return nil
-	}
-	path := filepath.Join(bundle, "config.json")
-	st, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
-	}
-	var spec rdmaSpec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
-	}
-	if _, set := spec.Annotations[criuConfigAnnotation]; set || !spec.hasRDMA() {
-		return nil
-	}
-	// Change only the annotations; keep every other field as it is.
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
-	}
-	ann := spec.Annotations
-	if ann == nil {
-		ann = map[string]string{}
-	}
-	ann[criuConfigAnnotation] = conf
-	if raw["annotations"], err = json.Marshal(ann); err != nil {
-		return err
-	}
-	out, err := json.Marshal(raw)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".migros"
-	if err := os.WriteFile(tmp, out, st.Mode().Perm()); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-// rdmaSpec is what configureCRIU reads of an OCI spec.
-type rdmaSpec struct {
-	Annotations map[string]string `json:"annotations"`
-	Linux       *struct {
-		Devices []struct {
-			Path string `json:"path"`
-		} `json:"devices"`
-	} `json:"linux"`
-}
-
-// hasRDMA says whether the container gets an RDMA device.
-func (s rdmaSpec) hasRDMA() bool {
-	if s.Linux == nil {
-		return false
-	}
-	for _, d := range s.Linux.Devices {
-		if strings.HasPrefix(d.Path, "/dev/infiniband/") {
-			return true
-		}
-	}
-	return false
 }

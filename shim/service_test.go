@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -163,21 +165,37 @@ func TestCheckpoint(t *testing.T) {
 	}
 }
 
-func TestConfigureCRIU(t *testing.T) {
+func TestPrepareSpec(t *testing.T) {
 	const conf = "/opt/migros/lib/criu/migros.conf"
-	rdmaSpec := `{"ociVersion":"1.2.0","process":{"args":["sh"]},"x-extra":{"kept":true},` +
-		`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0","type":"c","major":231,"minor":192}]}}`
+	devs := []device{{"/dev/infiniband/uverbs0", 231, 192}, {"/dev/infiniband/rdma_cm", 10, 58}}
+	host := func() ([]device, error) { return devs, nil }
+	none := func() ([]device, error) { return nil, os.ErrNotExist }
+	const process = `"process":{"args":["sh"],"rlimits":[{"type":"RLIMIT_MEMLOCK","hard":65536,"soft":65536},{"type":"RLIMIT_NOFILE","hard":1024,"soft":1024}]}`
 	for _, tc := range []struct {
 		name, spec string
-		want       string // the annotation afterwards; "" for an unchanged spec
+		devices    func() ([]device, error)
+		unchanged  bool
+		wantDevs   int    // devices in the spec afterwards
+		wantConf   string // its CRIU configuration afterwards
 		wantErr    error
 	}{
-		{name: "no RDMA device", spec: `{"ociVersion":"1.2.0","linux":{"devices":[{"path":"/dev/fuse"}]}}`},
-		{name: "no linux section", spec: `{"ociVersion":"1.2.0"}`},
-		{name: "RDMA device", spec: rdmaSpec, want: conf},
+		{name: "no RDMA", spec: `{"ociVersion":"1.2.0","linux":{"devices":[{"path":"/dev/fuse","type":"c","major":10,"minor":229}]}}`,
+			devices: host, unchanged: true},
+		{name: "no linux section", spec: `{"ociVersion":"1.2.0"}`, devices: host, unchanged: true},
+		{name: "an RDMA device of its own", spec: `{"ociVersion":"1.2.0",` + process + `,"linux":{"devices":[{"path":"/dev/infiniband/uverbs0","type":"c","major":231,"minor":192}]}}`,
+			devices: none, wantDevs: 1, wantConf: conf},
+		{name: "asks for RDMA", spec: `{"ociVersion":"1.2.0","annotations":{"io.migros.rdma":"true"},` + process + `}`,
+			devices: host, wantDevs: 2, wantConf: conf},
+		{name: "asks for RDMA, has uverbs0", spec: `{"ociVersion":"1.2.0","annotations":{"io.migros.rdma":"true"},` + process +
+			`,"linux":{"devices":[{"path":"/dev/infiniband/uverbs0","type":"c","major":231,"minor":192}]}}`,
+			devices: host, wantDevs: 2, wantConf: conf},
 		{name: "its own CRIU configuration", spec: `{"annotations":{"org.criu.config":"/mine.conf"},` +
-			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`},
-		{name: "not JSON", spec: `{"linux":`, wantErr: errdefs.ErrInvalidArgument},
+			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true},
+		{name: "asks for RDMA on a host without", spec: `{"annotations":{"io.migros.rdma":"true"}}`, devices: none,
+			wantErr: errdefs.ErrFailedPrecondition},
+		{name: "unknown RDMA request", spec: `{"annotations":{"io.migros.rdma":"all"}}`, devices: host,
+			wantErr: errdefs.ErrInvalidArgument},
+		{name: "not JSON", spec: `{"linux":`, devices: host, wantErr: errdefs.ErrInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -185,7 +203,7 @@ func TestConfigureCRIU(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.spec), 0o640); err != nil {
 				t.Fatal(err)
 			}
-			err := configureCRIU(dir, conf)
+			err := prepareSpec(dir, conf, tc.devices)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("error %v, want %v", err, tc.wantErr)
@@ -196,29 +214,54 @@ func TestConfigureCRIU(t *testing.T) {
 				t.Fatal(err)
 			}
 			b, _ := os.ReadFile(path)
-			if tc.want == "" {
+			if tc.unchanged {
 				if string(b) != tc.spec {
 					t.Fatalf("spec changed:\n%s", b)
 				}
 				return
 			}
-			var got struct {
-				Annotations map[string]string `json:"annotations"`
-				Extra       map[string]bool   `json:"x-extra"`
-				Process     struct{ Args []string }
-			}
+			var got specs.Spec
 			if err := json.Unmarshal(b, &got); err != nil {
 				t.Fatal(err)
 			}
-			if got.Annotations[criuConfigAnnotation] != tc.want || !got.Extra["kept"] || len(got.Process.Args) != 1 {
+			if got.Annotations[criuConfigAnnotation] != tc.wantConf || len(got.Linux.Devices) != tc.wantDevs {
 				t.Fatalf("spec after: %s", b)
 			}
 			if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
 				t.Errorf("spec mode %v, was 0640", st.Mode().Perm())
 			}
+			if got.Process == nil || len(got.Process.Args) != 1 {
+				t.Fatalf("process lost: %s", b)
+			}
+			if got.Annotations[RDMAAnnotation] == "" {
+				return
+			}
+			// What the container asked for: each device once, allowed
+			// in its device cgroup; memlock unlimited, other limits kept.
+			for _, d := range devs {
+				n, allowed := 0, false
+				for _, sd := range got.Linux.Devices {
+					if sd.Path == d.path {
+						n++
+					}
+				}
+				for _, r := range got.Linux.Resources.Devices {
+					allowed = allowed || (r.Allow && r.Major != nil && *r.Major == d.major && *r.Minor == d.minor && r.Access == "rwm")
+				}
+				if n != 1 || !allowed {
+					t.Errorf("device %s: %d in the spec, allowed: %v", d.path, n, allowed)
+				}
+			}
+			limits := map[string]uint64{}
+			for _, r := range got.Process.Rlimits {
+				limits[r.Type] = r.Hard
+			}
+			if limits["RLIMIT_MEMLOCK"] != math.MaxUint64 || limits["RLIMIT_NOFILE"] != 1024 || len(got.Process.Rlimits) != 2 {
+				t.Errorf("rlimits %+v", got.Process.Rlimits)
+			}
 		})
 	}
-	if err := configureCRIU(t.TempDir(), conf); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if err := prepareSpec(t.TempDir(), conf, host); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bundle without a spec: %v", err)
 	}
 }

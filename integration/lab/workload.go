@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -28,6 +29,10 @@ type Container struct {
 	// RDMA passes every /dev/infiniband device into the container and runs
 	// it in the guest's network namespace, where its rxe device lives.
 	RDMA bool
+	// NetHost runs it in the guest's network namespace (RDMA does too).
+	NetHost bool
+	// Annotations are added to its spec.
+	Annotations map[string]string
 	// Runtime is the containerd runtime (default io.containerd.runc.v2).
 	Runtime string
 	// Detach returns once the task has started (ctr run -d).
@@ -55,7 +60,17 @@ func (g *Guest) RunArgv(ctx context.Context, c Container, argv ...string) ([]str
 		for _, d := range devs {
 			cmd = append(cmd, "--device", d)
 		}
+	}
+	if c.RDMA || c.NetHost {
 		cmd = append(cmd, "--net-host")
+	}
+	keys := make([]string, 0, len(c.Annotations))
+	for k := range c.Annotations {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		cmd = append(cmd, "--annotation", k+"="+c.Annotations[k])
 	}
 	return append(append(cmd, image, c.ID), argv...), nil
 }

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package shim
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// RDMAAnnotation, set to "true" on a container, asks for the host's RDMA
+// devices: the shim adds them, the device cgroup rules that let the
+// container use them and an unlimited memlock limit (memory an RDMA
+// program registers stays locked).
+const RDMAAnnotation = "io.migros.rdma"
+
+// criuConfigAnnotation names the CRIU configuration file runc gives CRIU
+// for the container's checkpoints and restores.
+const criuConfigAnnotation = "org.criu.config"
+
+// rdmaDir holds the host's RDMA device nodes.
+const rdmaDir = "/dev/infiniband"
+
+// device is an RDMA device node of the host.
+type device struct {
+	path         string
+	major, minor int64
+}
+
+// hostDevices lists the character devices in /dev/infiniband (uverbsN,
+// rdma_cm).
+func hostDevices() ([]device, error) {
+	ents, err := os.ReadDir(rdmaDir)
+	if err != nil {
+		return nil, err
+	}
+	var devs []device
+	for _, e := range ents {
+		p := filepath.Join(rdmaDir, e.Name())
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
+			continue
+		}
+		devs = append(devs, device{p, int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))})
+	}
+	return devs, nil
+}
+
+// prepareSpec edits the container's spec (the bundle's config.json, which
+// runc reads at create) for MigrOS: a container with RDMAAnnotation gets
+// the host's RDMA devices (devices lists them), and a container with an
+// RDMA device MigrOS' CRIU configuration conf, unless its spec names one:
+// RDMA programs keep the TCP connection they exchanged QP numbers over,
+// which CRIU dumps and restores only when told to, and runc tells it so
+// at restore only through that file. A spec that needs neither is left
+// untouched.
+func prepareSpec(bundle, conf string, devices func() ([]device, error)) error {
+	if bundle == "" {
+		return nil
+	}
+	path := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+	}
+	changed := false
+	if v, ok := spec.Annotations[RDMAAnnotation]; ok {
+		if v != "true" {
+			return fmt.Errorf("%w: annotation %s=%q: only \"true\" is known", errdefs.ErrInvalidArgument, RDMAAnnotation, v)
+		}
+		devs, err := devices()
+		if err != nil || len(devs) == 0 {
+			return fmt.Errorf("%w: the container asks for RDMA (%s) and this host has no RDMA device: %v",
+				errdefs.ErrFailedPrecondition, RDMAAnnotation, err)
+		}
+		addDevices(&spec, devs)
+		changed = true
+	}
+	if _, set := spec.Annotations[criuConfigAnnotation]; !set && hasRDMA(&spec) {
+		if spec.Annotations == nil {
+			spec.Annotations = map[string]string{}
+		}
+		spec.Annotations[criuConfigAnnotation] = conf
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	out, err := json.Marshal(&spec)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".migros"
+	if err := os.WriteFile(tmp, out, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// addDevices gives the container devs (those it lacks), the cgroup rules
+// to use them (all of them) and an unlimited memlock limit.
+func addDevices(s *specs.Spec, devs []device) {
+	if s.Linux == nil {
+		s.Linux = &specs.Linux{}
+	}
+	if s.Linux.Resources == nil {
+		s.Linux.Resources = &specs.LinuxResources{}
+	}
+	mode := os.FileMode(0o666)
+	var zero uint32
+	for _, d := range devs {
+		if !hasDevice(s, d.path) {
+			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: d.path, Type: "c",
+				Major: d.major, Minor: d.minor, FileMode: &mode, UID: &zero, GID: &zero})
+		}
+		major, minor := d.major, d.minor
+		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true,
+			Type: "c", Major: &major, Minor: &minor, Access: "rwm"})
+	}
+	if s.Process == nil {
+		return
+	}
+	unlimited := specs.POSIXRlimit{Type: "RLIMIT_MEMLOCK", Hard: math.MaxUint64, Soft: math.MaxUint64}
+	for i, r := range s.Process.Rlimits {
+		if r.Type == unlimited.Type {
+			s.Process.Rlimits[i] = unlimited
+			return
+		}
+	}
+	s.Process.Rlimits = append(s.Process.Rlimits, unlimited)
+}
+
+func hasDevice(s *specs.Spec, path string) bool {
+	if s.Linux == nil {
+		return false
+	}
+	for _, d := range s.Linux.Devices {
+		if d.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRDMA says whether the container gets an RDMA device.
+func hasRDMA(s *specs.Spec) bool {
+	if s.Linux == nil {
+		return false
+	}
+	for _, d := range s.Linux.Devices {
+		if strings.HasPrefix(d.Path, rdmaDir+"/") {
+			return true
+		}
+	}
+	return false
+}
