@@ -99,12 +99,25 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	s.mu.Lock()
 	restore := r.ExecID == "" && s.restoring[r.ID]
-	delete(s.restoring, r.ID)
+	if restore {
+		delete(s.restoring, r.ID)
+	}
 	s.mu.Unlock()
 	if restore {
 		ctx = s.withPlugin(ctx)
 	}
 	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// Delete forgets a container's pending restore: one created from a
+// checkpoint may be deleted without ever starting.
+func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if r.ExecID == "" {
+		s.mu.Lock()
+		delete(s.restoring, r.ID)
+		s.mu.Unlock()
+	}
+	return s.TTRPCTaskService.Delete(ctx, r)
 }
 
 // Checkpoint refuses, before anything is frozen, a container with what

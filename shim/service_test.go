@@ -48,6 +48,10 @@ func (f *fakeTasks) Start(_ context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	return &taskAPI.StartResponse{Pid: f.pid}, nil
 }
 
+func (f *fakeTasks) Delete(_ context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	return &taskAPI.DeleteResponse{Pid: f.pid}, nil
+}
+
 func (f *fakeTasks) State(_ context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
 	return &taskAPI.StateResponse{ID: r.ID, Pid: f.pid}, nil
 }
@@ -144,6 +148,25 @@ func TestCreateFromCheckpoint(t *testing.T) {
 				t.Fatalf("restoring RDMA state: %v, want %v", s.restoring["c"], tc.restoring)
 			}
 		})
+	}
+}
+
+// A container created from a checkpoint with RDMA state restores it at
+// its Start, once; deleted before starting, it is forgotten.
+func TestRestoreMark(t *testing.T) {
+	s := New(&fakeTasks{pid: 42}, install.At("/opt/migros/bin"))
+	ctx := context.Background()
+	for _, id := range []string{"started", "deleted"} {
+		s.restoring[id] = true
+	}
+	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "started", ExecID: "exec1"}); err != nil || !s.restoring["started"] {
+		t.Fatalf("an exec's start took the container's restore: %v", err)
+	}
+	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "started"}); err != nil || s.restoring["started"] {
+		t.Fatalf("restore still pending after the start: %v", err)
+	}
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "deleted"}); err != nil || len(s.restoring) != 0 {
+		t.Fatalf("restores pending after the delete: %v, %v", s.restoring, err)
 	}
 }
 
