@@ -115,22 +115,32 @@ func checkPingpong(iters int) func(*testing.T, string) {
 
 // A container started through containerd in src runs an RDMA program
 // against peer, with its devices and an unlimited memlock limit: given by
-// ctr (--device), or by MigrOS' runtime for a container that asks for
-// RDMA with an annotation.
+// ctr (--device), by MigrOS' runtime for a container that asks for RDMA
+// with an annotation, or by CDI name from the spec migros cdi writes.
 func TestContainerRDMA(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		c    lab.Container
+		cdi  bool // migros cdi writes the guest's CDI spec first
 	}{
-		{"devices from ctr", lab.Container{RDMA: true}},
+		{"devices from ctr", lab.Container{RDMA: true}, false},
 		{"devices from the shim", lab.Container{Runtime: migrosRuntime, NetHost: true,
-			Annotations: map[string]string{"io.migros.rdma": "true"}}},
+			Annotations: map[string]string{"io.migros.rdma": "true"}}, false},
+		{"devices by CDI name", lab.Container{Runtime: migrosRuntime, NetHost: true,
+			Devices: []string{"migros.io/rdma=rxe0"}}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)
 			src, peer := guest(t, "src"), guest(t, "peer")
 			const id = "e2e-rdma"
 			t.Cleanup(func() { src.RemoveContainer(testContext(t, time.Minute), id) })
+			if tc.cdi {
+				const spec = "/var/run/cdi/migros.io-rdma.json"
+				t.Cleanup(func() { _ = src.Run(testContext(t, time.Minute), "rm", "-f", spec) })
+				if out, err := src.Output(ctx, "migros", "cdi"); err != nil || !strings.Contains(out, "migros.io/rdma=rxe0") {
+					t.Fatalf("migros cdi: %v\n%s", err, out)
+				}
+			}
 			const iters = 200
 			pp := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", fmt.Sprint(iters)}
 			tc.c.ID = id

@@ -27,6 +27,7 @@ import (
 
 	"github.com/migros/migros/runtime/checkpoint"
 	"github.com/migros/migros/runtime/install"
+	"github.com/migros/migros/runtime/rdmadev"
 )
 
 // Service wraps the runc task service.
@@ -65,7 +66,7 @@ func (s *Service) withPlugin(ctx context.Context) context.Context {
 // which must fit this host: its devices, free IDs and objects are checked
 // before anything is created.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	if err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), hostDevices); err != nil {
+	if err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), rdmadev.Host{}.Nodes); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rdmaRestore := false

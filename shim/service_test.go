@@ -24,6 +24,7 @@ import (
 	"github.com/migros/migros/rdma"
 	"github.com/migros/migros/rdma/image"
 	"github.com/migros/migros/runtime/install"
+	"github.com/migros/migros/runtime/rdmadev"
 )
 
 // fakeTasks stands in for runc's task service and records what reached
@@ -190,13 +191,14 @@ func TestCheckpoint(t *testing.T) {
 
 func TestPrepareSpec(t *testing.T) {
 	const conf = "/opt/migros/lib/criu/migros.conf"
-	devs := []device{{"/dev/infiniband/uverbs0", 231, 192}, {"/dev/infiniband/rdma_cm", 10, 58}}
-	host := func() ([]device, error) { return devs, nil }
-	none := func() ([]device, error) { return nil, os.ErrNotExist }
+	devs := []rdmadev.Node{{Path: "/dev/infiniband/uverbs0", Major: 231, Minor: 192, IBDev: "rxe0"},
+		{Path: "/dev/infiniband/rdma_cm", Major: 10, Minor: 58}}
+	host := func() ([]rdmadev.Node, error) { return devs, nil }
+	none := func() ([]rdmadev.Node, error) { return nil, os.ErrNotExist }
 	const process = `"process":{"args":["sh"],"rlimits":[{"type":"RLIMIT_MEMLOCK","hard":65536,"soft":65536},{"type":"RLIMIT_NOFILE","hard":1024,"soft":1024}]}`
 	for _, tc := range []struct {
 		name, spec string
-		devices    func() ([]device, error)
+		devices    func() ([]rdmadev.Node, error)
 		unchanged  bool
 		wantDevs   int    // devices in the spec afterwards
 		wantConf   string // its CRIU configuration afterwards
@@ -212,6 +214,9 @@ func TestPrepareSpec(t *testing.T) {
 		{name: "asks for RDMA, has uverbs0", spec: `{"ociVersion":"1.2.0","annotations":{"io.migros.rdma":"true"},` + process +
 			`,"linux":{"devices":[{"path":"/dev/infiniband/uverbs0","type":"c","major":231,"minor":192}]}}`,
 			devices: host, wantDevs: 2, wantConf: conf},
+		{name: "an RDMA device, its own CRIU configuration, memlock unlimited", spec: `{"annotations":{"org.criu.config":"/mine.conf"},` +
+			`"process":{"rlimits":[{"type":"RLIMIT_MEMLOCK","hard":18446744073709551615,"soft":18446744073709551615}]},` +
+			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true},
 		{name: "its own CRIU configuration", spec: `{"annotations":{"org.criu.config":"/mine.conf"},` +
 			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true},
 		{name: "asks for RDMA on a host without", spec: `{"annotations":{"io.migros.rdma":"true"}}`, devices: none,
@@ -256,31 +261,32 @@ func TestPrepareSpec(t *testing.T) {
 			if got.Process == nil || len(got.Process.Args) != 1 {
 				t.Fatalf("process lost: %s", b)
 			}
-			if got.Annotations[RDMAAnnotation] == "" {
-				return
-			}
-			// What the container asked for: each device once, allowed
-			// in its device cgroup; memlock unlimited, other limits kept.
-			for _, d := range devs {
-				n, allowed := 0, false
-				for _, sd := range got.Linux.Devices {
-					if sd.Path == d.path {
-						n++
-					}
-				}
-				for _, r := range got.Linux.Resources.Devices {
-					allowed = allowed || (r.Allow && r.Major != nil && *r.Major == d.major && *r.Minor == d.minor && r.Access == "rwm")
-				}
-				if n != 1 || !allowed {
-					t.Errorf("device %s: %d in the spec, allowed: %v", d.path, n, allowed)
-				}
-			}
+			// An RDMA container: memlock unlimited, other limits kept.
 			limits := map[string]uint64{}
 			for _, r := range got.Process.Rlimits {
 				limits[r.Type] = r.Hard
 			}
 			if limits["RLIMIT_MEMLOCK"] != math.MaxUint64 || limits["RLIMIT_NOFILE"] != 1024 || len(got.Process.Rlimits) != 2 {
 				t.Errorf("rlimits %+v", got.Process.Rlimits)
+			}
+			if got.Annotations[RDMAAnnotation] == "" {
+				return
+			}
+			// What the container asked for: each device once, allowed
+			// in its device cgroup.
+			for _, d := range devs {
+				n, allowed := 0, false
+				for _, sd := range got.Linux.Devices {
+					if sd.Path == d.Path {
+						n++
+					}
+				}
+				for _, r := range got.Linux.Resources.Devices {
+					allowed = allowed || (r.Allow && r.Major != nil && *r.Major == d.Major && *r.Minor == d.Minor && r.Access == "rwm")
+				}
+				if n != 1 || !allowed {
+					t.Errorf("device %s: %d in the spec, allowed: %v", d.Path, n, allowed)
+				}
 			}
 		})
 	}

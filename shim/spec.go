@@ -12,7 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
+
+	"github.com/migros/migros/runtime/rdmadev"
 )
 
 // RDMAAnnotation, set to "true" on a container, asks for the host's RDMA
@@ -25,43 +26,17 @@ const RDMAAnnotation = "io.migros.rdma"
 // for the container's checkpoints and restores.
 const criuConfigAnnotation = "org.criu.config"
 
-// rdmaDir holds the host's RDMA device nodes.
-const rdmaDir = "/dev/infiniband"
-
-// device is an RDMA device node of the host.
-type device struct {
-	path         string
-	major, minor int64
-}
-
-// hostDevices lists the character devices in /dev/infiniband (uverbsN,
-// rdma_cm).
-func hostDevices() ([]device, error) {
-	ents, err := os.ReadDir(rdmaDir)
-	if err != nil {
-		return nil, err
-	}
-	var devs []device
-	for _, e := range ents {
-		p := filepath.Join(rdmaDir, e.Name())
-		var st unix.Stat_t
-		if err := unix.Stat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
-			continue
-		}
-		devs = append(devs, device{p, int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))})
-	}
-	return devs, nil
-}
-
 // prepareSpec edits the container's spec (the bundle's config.json, which
 // runc reads at create) for MigrOS: a container with RDMAAnnotation gets
 // the host's RDMA devices (devices lists them), and a container with an
-// RDMA device MigrOS' CRIU configuration conf, unless its spec names one:
+// RDMA device (from the annotation, or named by the engine, e.g. through
+// CDI) an unlimited memlock limit, memory its programs register stays
+// locked, and MigrOS' CRIU configuration conf, unless its spec names one:
 // RDMA programs keep the TCP connection they exchanged QP numbers over,
 // which CRIU dumps and restores only when told to, and runc tells it so
-// at restore only through that file. A spec that needs neither is left
-// untouched.
-func prepareSpec(bundle, conf string, devices func() ([]device, error)) error {
+// at restore only through that file. A spec that needs none of this is
+// left untouched.
+func prepareSpec(bundle, conf string, devices func() ([]rdmadev.Node, error)) error {
 	if bundle == "" {
 		return nil
 	}
@@ -87,12 +62,17 @@ func prepareSpec(bundle, conf string, devices func() ([]device, error)) error {
 		addDevices(&spec, devs)
 		changed = true
 	}
-	if _, set := spec.Annotations[criuConfigAnnotation]; !set && hasRDMA(&spec) {
-		if spec.Annotations == nil {
-			spec.Annotations = map[string]string{}
+	if hasRDMA(&spec) {
+		if unlimitMemlock(&spec) {
+			changed = true
 		}
-		spec.Annotations[criuConfigAnnotation] = conf
-		changed = true
+		if _, set := spec.Annotations[criuConfigAnnotation]; !set {
+			if spec.Annotations == nil {
+				spec.Annotations = map[string]string{}
+			}
+			spec.Annotations[criuConfigAnnotation] = conf
+			changed = true
+		}
 	}
 	if !changed {
 		return nil
@@ -112,9 +92,9 @@ func prepareSpec(bundle, conf string, devices func() ([]device, error)) error {
 	return os.Rename(tmp, path)
 }
 
-// addDevices gives the container devs (those it lacks), the cgroup rules
-// to use them (all of them) and an unlimited memlock limit.
-func addDevices(s *specs.Spec, devs []device) {
+// addDevices gives the container devs (those it lacks) and the cgroup
+// rules to use them (all of them).
+func addDevices(s *specs.Spec, devs []rdmadev.Node) {
 	if s.Linux == nil {
 		s.Linux = &specs.Linux{}
 	}
@@ -124,25 +104,34 @@ func addDevices(s *specs.Spec, devs []device) {
 	mode := os.FileMode(0o666)
 	var zero uint32
 	for _, d := range devs {
-		if !hasDevice(s, d.path) {
-			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: d.path, Type: "c",
-				Major: d.major, Minor: d.minor, FileMode: &mode, UID: &zero, GID: &zero})
+		if !hasDevice(s, d.Path) {
+			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: d.Path, Type: "c",
+				Major: d.Major, Minor: d.Minor, FileMode: &mode, UID: &zero, GID: &zero})
 		}
-		major, minor := d.major, d.minor
+		major, minor := d.Major, d.Minor
 		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true,
 			Type: "c", Major: &major, Minor: &minor, Access: "rwm"})
 	}
+}
+
+// unlimitMemlock lifts the container's memlock limit, and says whether
+// that changed its spec.
+func unlimitMemlock(s *specs.Spec) bool {
 	if s.Process == nil {
-		return
+		return false
 	}
 	unlimited := specs.POSIXRlimit{Type: "RLIMIT_MEMLOCK", Hard: math.MaxUint64, Soft: math.MaxUint64}
 	for i, r := range s.Process.Rlimits {
 		if r.Type == unlimited.Type {
+			if r == unlimited {
+				return false
+			}
 			s.Process.Rlimits[i] = unlimited
-			return
+			return true
 		}
 	}
 	s.Process.Rlimits = append(s.Process.Rlimits, unlimited)
+	return true
 }
 
 func hasDevice(s *specs.Spec, path string) bool {
@@ -163,7 +152,7 @@ func hasRDMA(s *specs.Spec) bool {
 		return false
 	}
 	for _, d := range s.Linux.Devices {
-		if strings.HasPrefix(d.Path, rdmaDir+"/") {
+		if strings.HasPrefix(d.Path, rdmadev.Dir+"/") {
 			return true
 		}
 	}

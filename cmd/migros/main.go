@@ -6,6 +6,7 @@
 //	                                      checkpoint an RDMA process with CRIU
 //	migros restore --images DIR           restore it, RDMA state included
 //	migros inspect DIR                    the RDMA objects of a checkpoint
+//	migros cdi [--output FILE]            a CDI spec of the host's RDMA devices
 //
 // It also drives the migration protocol of our rdma_rxe on a running
 // process:
@@ -35,6 +36,7 @@ import (
 const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
        migros restore --images DIR
        migros inspect DIR
+       migros cdi [--output FILE|-]
        migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
@@ -52,6 +54,8 @@ func main() {
 	switch name {
 	case "checkpoint":
 		err = checkpointCmd(ctx, args)
+	case "cdi":
+		err = cdiCmd(args)
 	case "inspect":
 		err = inspect(args)
 	case "restore":

@@ -31,6 +31,8 @@ type Container struct {
 	RDMA bool
 	// NetHost runs it in the guest's network namespace (RDMA does too).
 	NetHost bool
+	// Devices are more ctr --device arguments: device paths or CDI names.
+	Devices []string
 	// Annotations are added to its spec.
 	Annotations map[string]string
 	// Runtime is the containerd runtime (default io.containerd.runc.v2).
@@ -60,6 +62,9 @@ func (g *Guest) RunArgv(ctx context.Context, c Container, argv ...string) ([]str
 		for _, d := range devs {
 			cmd = append(cmd, "--device", d)
 		}
+	}
+	for _, d := range c.Devices {
+		cmd = append(cmd, "--device", d)
 	}
 	if c.RDMA || c.NetHost {
 		cmd = append(cmd, "--net-host")
