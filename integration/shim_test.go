@@ -5,6 +5,7 @@
 package integration
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -34,20 +35,8 @@ func TestShimCheckpointRestore(t *testing.T) {
 	})
 	args := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
 	server, serverOut := serve(ctx, t, peer, args...)
-	// The test image holds rdmacheck at its path in the guests.
-	bin, err := src.Output(ctx, "sh", "-c", "command -v rdmacheck")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := lab.Container{ID: id, RDMA: true, Runtime: migrosRuntime, Detach: true}
-	inContainer := append([]string{strings.TrimSpace(bin)}, args[1:]...)
-	run, err := src.RunArgv(ctx, c, append(inContainer, "-w", "5000", peer.Addr())...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Run(ctx, run...); err != nil {
-		t.Fatal(err)
-	}
+	startInContainer(ctx, t, src, lab.Container{ID: id, RDMA: true, Runtime: migrosRuntime},
+		append(args, "-w", "5000", peer.Addr())...)
 	time.Sleep(3 * time.Second)
 	pid := pidOf(ctx, t, src, "rdmacheck")
 
@@ -100,3 +89,22 @@ func TestShimCheckpointRestore(t *testing.T) {
 		t.Fatalf("peer did not receive every message intact:\n%s", s)
 	}
 }
+
+// startInContainer starts argv, whose program the test image holds at its
+// path in the guests, in container c on g, detached.
+func startInContainer(ctx context.Context, t *testing.T, g *lab.Guest, c lab.Container, argv ...string) {
+	t.Helper()
+	bin, err := g.Output(ctx, "sh", "-c", "command -v "+argv[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Detach = true
+	run, err := g.RunArgv(ctx, c, append([]string{strings.TrimSpace(bin)}, argv[1:]...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := g.Output(ctx, run...); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+

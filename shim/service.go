@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/migros/migros/runtime/checkpoint"
+	"github.com/migros/migros/runtime/idrange"
 	"github.com/migros/migros/runtime/install"
 	"github.com/migros/migros/runtime/rdmadev"
 )
@@ -34,6 +35,9 @@ import (
 type Service struct {
 	taskAPI.TTRPCTaskService
 	paths install.Paths
+	// rxeParams holds rdma_rxe's module parameters, where the host's ID
+	// range policy goes.
+	rxeParams string
 
 	mu sync.Mutex
 	// restoring: containers created from a checkpoint with RDMA state,
@@ -44,7 +48,7 @@ type Service struct {
 // New wraps inner, the runc task service; paths locate MigrOS' CRIU
 // plugin and the migros binary it runs.
 func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
-	return &Service{TTRPCTaskService: inner, paths: paths, restoring: map[string]bool{}}
+	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir, restoring: map[string]bool{}}
 }
 
 // RegisterTTRPC serves the wrapper, not the runc service, as the task
@@ -61,13 +65,25 @@ func (s *Service) withPlugin(ctx context.Context) context.Context {
 }
 
 // Create gives a container that asks for RDMA the host's RDMA devices
-// and an RDMA container MigrOS' CRIU configuration (prepareSpec), and records
-// whether the container is restored from a checkpoint with RDMA state,
-// which must fit this host: its devices, free IDs and objects are checked
-// before anything is created.
+// and an RDMA container MigrOS' CRIU configuration (prepareSpec), puts
+// the host's ID range policy, if it has one, in effect before an RDMA
+// container creates anything, and records whether the container is
+// restored from a checkpoint with RDMA state, which must fit this host:
+// its devices, free IDs and objects are checked before anything is
+// created.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	if err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), rdmadev.Host{}.Nodes); err != nil {
+	usesRDMA, err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), rdmadev.Host{}.Nodes)
+	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	if usesRDMA {
+		p, err := idrange.Load(s.paths.IDRanges())
+		if err == nil && p != nil {
+			err = p.Apply(s.rxeParams)
+		}
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("the host's ID range policy: %w", err))
+		}
 	}
 	rdmaRestore := false
 	if r.Checkpoint != "" {

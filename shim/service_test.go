@@ -202,6 +202,7 @@ func TestPrepareSpec(t *testing.T) {
 		unchanged  bool
 		wantDevs   int    // devices in the spec afterwards
 		wantConf   string // its CRIU configuration afterwards
+		rdma       bool   // an RDMA container, though its spec stays as it is
 		wantErr    error
 	}{
 		{name: "no RDMA", spec: `{"ociVersion":"1.2.0","linux":{"devices":[{"path":"/dev/fuse","type":"c","major":10,"minor":229}]}}`,
@@ -216,9 +217,9 @@ func TestPrepareSpec(t *testing.T) {
 			devices: host, wantDevs: 2, wantConf: conf},
 		{name: "an RDMA device, its own CRIU configuration, memlock unlimited", spec: `{"annotations":{"org.criu.config":"/mine.conf"},` +
 			`"process":{"rlimits":[{"type":"RLIMIT_MEMLOCK","hard":18446744073709551615,"soft":18446744073709551615}]},` +
-			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true},
+			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true, rdma: true},
 		{name: "its own CRIU configuration", spec: `{"annotations":{"org.criu.config":"/mine.conf"},` +
-			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true},
+			`"linux":{"devices":[{"path":"/dev/infiniband/uverbs0"}]}}`, devices: host, unchanged: true, rdma: true},
 		{name: "asks for RDMA on a host without", spec: `{"annotations":{"io.migros.rdma":"true"}}`, devices: none,
 			wantErr: errdefs.ErrFailedPrecondition},
 		{name: "unknown RDMA request", spec: `{"annotations":{"io.migros.rdma":"all"}}`, devices: host,
@@ -231,7 +232,7 @@ func TestPrepareSpec(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.spec), 0o640); err != nil {
 				t.Fatal(err)
 			}
-			err := prepareSpec(dir, conf, tc.devices)
+			usesRDMA, err := prepareSpec(dir, conf, tc.devices)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("error %v, want %v", err, tc.wantErr)
@@ -240,6 +241,9 @@ func TestPrepareSpec(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if want := tc.wantConf != "" || tc.rdma; usesRDMA != want {
+				t.Errorf("an RDMA container: %v, want %v", usesRDMA, want)
 			}
 			b, _ := os.ReadFile(path)
 			if tc.unchanged {
@@ -290,7 +294,61 @@ func TestPrepareSpec(t *testing.T) {
 			}
 		})
 	}
-	if err := prepareSpec(t.TempDir(), conf, host); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := prepareSpec(t.TempDir(), conf, host); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bundle without a spec: %v", err)
+	}
+}
+
+// Before an RDMA container is created, the host's ID range policy is put
+// in effect; a policy rxe cannot take fails the create before runc
+// creates anything; a container without RDMA leaves rxe alone.
+func TestCreateAppliesIDRanges(t *testing.T) {
+	const rdmaSpec = `{"linux":{"devices":[{"path":"/dev/infiniband/uverbs0","type":"c","major":231,"minor":192}]}}`
+	for _, tc := range []struct {
+		name, policy, spec string
+		want               string // the module's QPN range afterwards
+		wantErr            error
+	}{
+		{name: "RDMA container", policy: "qpn = 0x1000-0x1fff", spec: rdmaSpec, want: "0x1000-0x1fff"},
+		{name: "no policy", spec: rdmaSpec, want: "\n"},
+		{name: "container without RDMA", policy: "qpn = 0x1000-0x1fff", spec: `{}`, want: "\n"},
+		{name: "bad policy", policy: "qpn = 0x2000-0x1000", spec: rdmaSpec, wantErr: errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			paths := install.At("/opt/migros/bin")
+			paths.ConfigDir = t.TempDir()
+			if tc.policy != "" {
+				if err := os.WriteFile(paths.IDRanges(), []byte(tc.policy), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			params := t.TempDir()
+			for _, k := range []string{"qpn", "mr", "mw"} {
+				if err := os.WriteFile(filepath.Join(params, "migros_"+k+"_range"), []byte("\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bundle := t.TempDir()
+			if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.spec), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f := &fakeTasks{pid: 42}
+			s := New(f, paths)
+			s.rxeParams = params
+			_, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "c", Bundle: bundle})
+			if tc.wantErr != nil {
+				if !errors.Is(errgrpc.ToNative(err), tc.wantErr) || len(f.created) != 0 {
+					t.Fatalf("error %v (runc created %v), want %v and nothing created", err, f.created, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || len(f.created) != 1 {
+				t.Fatalf("create: %v, runc created %v", err, f.created)
+			}
+			b, err := os.ReadFile(filepath.Join(params, "migros_qpn_range"))
+			if err != nil || string(b) != tc.want {
+				t.Fatalf("QPN range %q (%v), want %q", b, err, tc.want)
+			}
+		})
 	}
 }

@@ -35,61 +35,62 @@ const criuConfigAnnotation = "org.criu.config"
 // RDMA programs keep the TCP connection they exchanged QP numbers over,
 // which CRIU dumps and restores only when told to, and runc tells it so
 // at restore only through that file. A spec that needs none of this is
-// left untouched.
-func prepareSpec(bundle, conf string, devices func() ([]rdmadev.Node, error)) error {
+// left untouched. It says whether the container has an RDMA device.
+func prepareSpec(bundle, conf string, devices func() ([]rdmadev.Node, error)) (bool, error) {
 	if bundle == "" {
-		return nil
+		return false, nil
 	}
 	path := filepath.Join(bundle, "config.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+		return false, fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
+		return false, fmt.Errorf("%w: the container's spec: %w", errdefs.ErrInvalidArgument, err)
 	}
 	changed := false
 	if v, ok := spec.Annotations[RDMAAnnotation]; ok {
 		if v != "true" {
-			return fmt.Errorf("%w: annotation %s=%q: only \"true\" is known", errdefs.ErrInvalidArgument, RDMAAnnotation, v)
+			return false, fmt.Errorf("%w: annotation %s=%q: only \"true\" is known", errdefs.ErrInvalidArgument, RDMAAnnotation, v)
 		}
 		devs, err := devices()
 		if err != nil || len(devs) == 0 {
-			return fmt.Errorf("%w: the container asks for RDMA (%s) and this host has no RDMA device: %v",
+			return false, fmt.Errorf("%w: the container asks for RDMA (%s) and this host has no RDMA device: %v",
 				errdefs.ErrFailedPrecondition, RDMAAnnotation, err)
 		}
 		addDevices(&spec, devs)
 		changed = true
 	}
-	if hasRDMA(&spec) {
-		if unlimitMemlock(&spec) {
-			changed = true
+	if !hasRDMA(&spec) {
+		return false, nil
+	}
+	if unlimitMemlock(&spec) {
+		changed = true
+	}
+	if _, set := spec.Annotations[criuConfigAnnotation]; !set {
+		if spec.Annotations == nil {
+			spec.Annotations = map[string]string{}
 		}
-		if _, set := spec.Annotations[criuConfigAnnotation]; !set {
-			if spec.Annotations == nil {
-				spec.Annotations = map[string]string{}
-			}
-			spec.Annotations[criuConfigAnnotation] = conf
-			changed = true
-		}
+		spec.Annotations[criuConfigAnnotation] = conf
+		changed = true
 	}
 	if !changed {
-		return nil
+		return true, nil
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return err
+		return true, err
 	}
 	out, err := json.Marshal(&spec)
 	if err != nil {
-		return err
+		return true, err
 	}
 	tmp := path + ".migros"
 	if err := os.WriteFile(tmp, out, st.Mode().Perm()); err != nil {
-		return err
+		return true, err
 	}
-	return os.Rename(tmp, path)
+	return true, os.Rename(tmp, path)
 }
 
 // addDevices gives the container devs (those it lacks) and the cgroup

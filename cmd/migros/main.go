@@ -7,6 +7,7 @@
 //	migros restore --images DIR           restore it, RDMA state included
 //	migros inspect DIR                    the RDMA objects of a checkpoint
 //	migros cdi [--output FILE]            a CDI spec of the host's RDMA devices
+//	migros ids [--apply]                  the host's ID range policy
 //
 // It also drives the migration protocol of our rdma_rxe on a running
 // process:
@@ -37,6 +38,7 @@ const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
        migros restore --images DIR
        migros inspect DIR
        migros cdi [--output FILE|-]
+       migros ids [--config FILE] [--apply]
        migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
@@ -56,6 +58,8 @@ func main() {
 		err = checkpointCmd(ctx, args)
 	case "cdi":
 		err = cdiCmd(args)
+	case "ids":
+		err = idsCmd(args)
 	case "inspect":
 		err = inspect(args)
 	case "restore":

@@ -15,12 +15,17 @@ import (
 type Paths struct {
 	Migros    string // the migros binary, which the CRIU plugin runs
 	PluginDir string // holds migros_criu.so; CRIU loads every plugin there
+	ConfigDir string // the host's MigrOS configuration (/etc/migros)
 }
 
 // At is the installation whose binaries are in bin.
 func At(bin string) Paths {
-	return Paths{Migros: filepath.Join(bin, "migros"), PluginDir: filepath.Join(bin, "..", "lib", "criu")}
+	return Paths{Migros: filepath.Join(bin, "migros"), PluginDir: filepath.Join(bin, "..", "lib", "criu"),
+		ConfigDir: "/etc/migros"}
 }
+
+// IDRanges is the host's ID range policy file (package idrange).
+func (p Paths) IDRanges() string { return filepath.Join(p.ConfigDir, "ids.conf") }
 
 // CRIUConfig is the CRIU configuration file MigrOS runs CRIU with, next
 // to the plugin (CRIU loads only *.so files from there as plugins).
