@@ -74,7 +74,7 @@ func (s *Service) withPlugin(ctx context.Context) context.Context {
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
 	usesRDMA, err := prepareSpec(r.Bundle, s.paths.CRIUConfig(), rdmadev.Host{}.Nodes)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, grpcError(err)
 	}
 	if usesRDMA {
 		p, err := idrange.Load(s.paths.IDRanges())
@@ -82,18 +82,18 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 			err = p.Apply(s.rxeParams)
 		}
 		if err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("the host's ID range policy: %w", err))
+			return nil, grpcError(fmt.Errorf("the host's ID range policy: %w", err))
 		}
 	}
 	rdmaRestore := false
 	if r.Checkpoint != "" {
 		imgs, err := checkpoint.Images(r.Checkpoint)
 		if err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("%w: RDMA images of checkpoint %s: %w", errdefs.ErrInvalidArgument, r.Checkpoint, err))
+			return nil, grpcError(fmt.Errorf("%w: RDMA images of checkpoint %s: %w", errdefs.ErrInvalidArgument, r.Checkpoint, err))
 		}
 		if len(imgs) > 0 {
 			if err := checkpoint.Preflight(imgs); err != nil {
-				return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err))
+				return nil, grpcError(fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err))
 			}
 			rdmaRestore = true
 		}
@@ -148,17 +148,17 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	}
 	pid := int(st.Pid)
 	if err := checkpoint.Refusals(pid); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: container %s: %w", errdefs.ErrNotImplemented, r.ID, err))
+		return nil, grpcError(fmt.Errorf("%w: container %s: %w", errdefs.ErrNotImplemented, r.ID, err))
 	}
 	opts, err := checkpointOptions(ctx, r)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, grpcError(err)
 	}
 	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
 	if err != nil || !opts.Exit {
 		if rerr := checkpoint.Resume(pid); rerr != nil {
 			log.G(ctx).WithError(rerr).Warnf("container %s: resuming its QPs", r.ID)
-			err = errors.Join(err, errgrpc.ToGRPC(rerr))
+			err = errors.Join(err, grpcError(rerr))
 		}
 	}
 	return resp, err
@@ -184,3 +184,23 @@ func checkpointOptions(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*
 	r.Options = nil
 	return &options.CheckpointOptions{}, nil
 }
+
+// grpcError is err as the task API carries it to containerd: its errdefs
+// class and its message. (errgrpc.ToGRPC also sends each error wrapped or
+// joined in err as a detail, which ctr prints after the message, a line
+// each: the same causes over and over.)
+func grpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errgrpc.ToGRPC(classed{msg: err.Error(), class: errdefs.Resolve(err)})
+}
+
+// classed is an error's message with its errdefs class.
+type classed struct {
+	msg   string
+	class error
+}
+
+func (c classed) Error() string { return c.msg }
+func (c classed) Unwrap() error { return c.class }

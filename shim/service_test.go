@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -18,6 +19,8 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -350,5 +353,25 @@ func TestCreateAppliesIDRanges(t *testing.T) {
 				t.Fatalf("QPN range %q (%v), want %q", b, err, tc.want)
 			}
 		})
+	}
+}
+
+// An error reaches containerd with its class and its message alone, not
+// its causes again as details (ctr prints each one after the message).
+func TestGRPCError(t *testing.T) {
+	err := fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition,
+		errors.Join(fmt.Errorf("QPN 0x14: %w", errors.New("taken")), fmt.Errorf("MR 0x541: %w", errors.New("taken"))))
+	st, ok := status.FromError(grpcError(err))
+	if !ok {
+		t.Fatal("not a gRPC status")
+	}
+	if st.Code() != codes.FailedPrecondition || st.Message() != err.Error() || len(st.Details()) != 0 {
+		t.Fatalf("status %v %q, %d details; want FailedPrecondition %q and none", st.Code(), st.Message(), len(st.Details()), err)
+	}
+	if !errors.Is(errgrpc.ToNative(grpcError(err)), errdefs.ErrFailedPrecondition) {
+		t.Fatal("class lost")
+	}
+	if grpcError(nil) != nil {
+		t.Fatal("nil error became an error")
 	}
 }
