@@ -5,12 +5,18 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/migros/migros/integration/lab"
+	"github.com/migros/migros/integration/lab/control"
 )
 
 // An RDMA container run with ctr under MigrOS' runtime streams to its peer
@@ -108,3 +114,250 @@ func startInContainer(ctx context.Context, t *testing.T, g *lab.Guest, c lab.Con
 	}
 }
 
+// The network namespace of a container that moves between guests: a
+// macvlan of eth0 with the container's own address and MAC, which go
+// with it, so that its TCP connections (CRIU restores them) keep their
+// address. Its RDMA traffic goes through the guest's rxe device, whose
+// address changes with the guest and which RESUME tells the peers.
+const appNS, appIP, appMAC = "migros-app", "192.168.77.50", "02:00:c0:a8:4d:32"
+
+// appNetns makes appNS on g; it is removed at the test's end.
+func appNetns(ctx context.Context, t *testing.T, g *lab.Guest) {
+	t.Helper()
+	in := "ip -n " + appNS + " "
+	setup := "ip netns add " + appNS + " && " +
+		"ip link add mv-app address " + appMAC + " link eth0 type macvlan mode bridge && " +
+		"ip link set mv-app netns " + appNS + " && " +
+		in + "addr add " + appIP + "/24 dev mv-app && " + in + "link set mv-app up && " + in + "link set lo up"
+	if out, err := g.Output(ctx, "sh", "-c", setup); err != nil {
+		t.Fatalf("network namespace on %s: %v\n%s", g.Name, err, out)
+	}
+	t.Cleanup(func() { _ = g.Run(context.Background(), "ip", "netns", "del", appNS) })
+}
+
+// An RDMA container under MigrOS' runtime moves from src to dst with
+// ctr's commands: checkpointed whole and stopped on src, exported with
+// ctr images export, imported on dst with ctr images import, restored
+// there with ctr container restore. It runs ib_write_bw and rdmacheck,
+// which checks every message, against peer, both mid-transfer at the
+// checkpoint: both finish on dst, with every message received intact
+// and no error on peer.
+func TestShimMoveByExport(t *testing.T) {
+	ctx := testContext(t, 10*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const id, ref, tar = "e2e-shim-move", "localhost/migros/checkpoint/e2e-shim-move:1", "/tmp/e2e-shim-move.tar"
+	t.Cleanup(func() {
+		ctx := testContext(t, 2*time.Minute)
+		for _, g := range []*lab.Guest{src, dst} {
+			g.RemoveContainer(ctx, id)
+			_ = g.Run(ctx, "ctr", "images", "rm", ref)
+			_ = g.Run(ctx, "rm", "-f", tar)
+		}
+	})
+	appNetns(ctx, t, src)
+	const perfIters, perfSize, perfPort = 2000, 65536, 18600
+	perf := []string{"ib_write_bw", "-x", "1", "-n", fmt.Sprint(perfIters), "-s", fmt.Sprint(perfSize), "-p", fmt.Sprint(perfPort)}
+	perfServer, perfOut := start(ctx, t, peer, perf...)
+	if err := peer.WaitListening(ctx, perfPort, perfServer); err != nil {
+		t.Fatal(err)
+	}
+	check := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	checkServer, checkOut := serve(ctx, t, peer, check...)
+	bin, err := src.Output(ctx, "sh", "-c", "command -v rdmacheck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both programs write their report in the container, which then stays
+	// up to be asked for it.
+	script := fmt.Sprintf("%s %s >/perf.out 2>&1 & %s %s -w 5000 %s >/check.out 2>&1 & wait; touch /done; exec sleep 3600",
+		strings.Join(perf, " "), peer.Addr(), strings.TrimSpace(bin), strings.Join(check[1:], " "), peer.Addr())
+	c := lab.Container{ID: id, Runtime: migrosRuntime, NetNS: appNS, Detach: true,
+		Annotations: map[string]string{"io.migros.rdma": "true"}}
+	run, err := src.RunArgv(ctx, c, "sh", "-c", script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := src.Output(ctx, run...); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	time.Sleep(4 * time.Second)
+
+	// src: checkpoint and stop; the container's address leaves with it.
+	if out, err := src.Output(ctx, "migros-lab", "checkpoint", "--exit", id, ref); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	if st := taskStatus(ctx, t, src, id); st != "STOPPED" {
+		t.Fatalf("checkpointed container is %s on src, want STOPPED", st)
+	}
+	src.RemoveContainer(ctx, id)
+	if err := src.Run(ctx, "ip", "netns", "del", appNS); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := src.Output(ctx, "ctr", "images", "export", "--skip-manifest-json", tar, ref); err != nil {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	copyBetween(ctx, t, src, dst, tar)
+
+	// dst: import, the container's address, restore.
+	if out, err := dst.Output(ctx, "ctr", "images", "import", tar); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	appNetns(ctx, t, dst)
+	if out, err := dst.Output(ctx, "ctr", "container", "restore", "--live", "--rw", id, ref); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	if st := taskStatus(ctx, t, dst, id); st != "RUNNING" {
+		t.Fatalf("restored container is %s on dst", st)
+	}
+	waitOK(t, "the peer's ib_write_bw", perfServer, perfOut, 3*time.Minute)
+	waitOK(t, "the peer's rdmacheck", checkServer, checkOut, 3*time.Minute)
+	if s := checkOut.String(); !strings.Contains(s, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("peer did not receive every message intact:\n%s", s)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for dst.Run(ctx, "ctr", "task", "exec", "--exec-id", fmt.Sprint("done-", time.Now().UnixNano()), id, "test", "-e", "/done") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the restored container's programs did not finish")
+		}
+		time.Sleep(time.Second)
+	}
+	out, err := dst.Output(ctx, "ctr", "task", "exec", "--exec-id", "report", id, "cat", "/perf.out", "/check.out")
+	if err != nil {
+		t.Fatalf("reports: %v\n%s", err, out)
+	}
+	checkBW(perfIters, perfSize)(t, out)
+	if !strings.Contains(out, "sent "+rdmacheckMsgs+" messages of 4096 bytes, server checked "+rdmacheckMsgs) {
+		t.Fatalf("the container's rdmacheck:\n%s", out)
+	}
+}
+
+// What MigrOS cannot checkpoint or restore, through ctr, fails with an
+// error that says why and leaves the running container alone: its RDMA
+// stream to the peer goes on and ends with every message intact.
+//   - A checkpoint of a container with the RDMA connection manager open
+//     is refused before anything is frozen.
+//   - A restore of a checkpoint whose QPNs and keys the running original
+//     still holds (an ID collision) is refused before anything is created.
+//   - A restore of a checkpoint whose RDMA image was corrupted in
+//     containerd's content store is refused as corrupt.
+func TestShimRefusals(t *testing.T) {
+	ctx := testContext(t, 8*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const cm, orig, copyID = "e2e-refuse-cm", "e2e-refuse", "e2e-refuse-copy"
+	const ref = "localhost/migros/checkpoint/e2e-refuse:1"
+	t.Cleanup(func() {
+		ctx := testContext(t, 2*time.Minute)
+		for _, id := range []string{cm, orig, copyID} {
+			src.RemoveContainer(ctx, id)
+		}
+		_ = src.Run(ctx, "ctr", "images", "rm", ref)
+	})
+	rdma := map[string]string{"io.migros.rdma": "true"}
+	check := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	bin, err := src.Output(ctx, "sh", "-c", "command -v rdmacheck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 10 ms between messages: the stream outlasts the refusals.
+	client := fmt.Sprintf("%s %s -w 10000 %s", strings.TrimSpace(bin), strings.Join(check[1:], " "), peer.Addr())
+	// stream runs rdmacheck in container id against a new server on the
+	// peer, with the shell's fd 3 on path if not empty.
+	stream := func(id, path string) (*control.Process, *bytes.Buffer) {
+		server, out := serve(ctx, t, peer, check...)
+		script := "exec " + client
+		if path != "" {
+			script = "exec 3<>" + path + "; " + script
+		}
+		run, err := src.RunArgv(ctx, lab.Container{ID: id, Runtime: migrosRuntime, NetHost: true, Detach: true, Annotations: rdma},
+			"sh", "-c", script)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := src.Output(ctx, run...); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		time.Sleep(3 * time.Second)
+		return server, out
+	}
+	intact := func(server *control.Process, out *bytes.Buffer) {
+		t.Helper()
+		waitOK(t, "the peer", server, out, 3*time.Minute)
+		if !strings.Contains(out.String(), "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+			t.Fatalf("peer did not receive every message intact:\n%s", out)
+		}
+	}
+	// refused runs a ctr command that must fail with an error holding want,
+	// while container id keeps running.
+	refused := func(id, want string, argv ...string) {
+		t.Helper()
+		out, err := src.Output(ctx, argv...)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%v: %v, want an error with %q\n%s", argv, err, want, out)
+		}
+		if st := taskStatus(ctx, t, src, id); st != "RUNNING" {
+			t.Fatalf("container %s is %s after the refusal", id, st)
+		}
+	}
+
+	// The connection manager open: the checkpoint is refused.
+	server, out := stream(cm, "/dev/infiniband/rdma_cm")
+	refused(cm, "RDMA connection manager", "ctr", "container", "checkpoint", "--task", cm, ref)
+	intact(server, out)
+
+	// A checkpoint of the original, which keeps running.
+	server, out = stream(orig, "")
+	if o, err := src.Output(ctx, "ctr", "container", "checkpoint", "--task", orig, ref); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, o)
+	}
+	// Restored beside it: its IDs are taken.
+	refused(orig, "already taken", "ctr", "container", "restore", "--live", copyID, ref)
+	if o, _ := src.Output(ctx, "ctr", "task", "list", "-q"); strings.Contains(o, copyID) {
+		t.Fatalf("the refused restore left a task:\n%s", o)
+	}
+	src.RemoveContainer(ctx, copyID)
+	// Its RDMA image corrupted in the content store (in the blob of
+	// CRIU's images, which holds it): refused as corrupt, before its IDs
+	// are even looked at.
+	blob := checkpointBlob(ctx, t, src, ref)
+	corrupt := `off=$(grep -boa MGRSRDMA ` + blob + ` | head -1 | cut -d: -f1) && [ -n "$off" ] &&
+		printf XXXXXXXX | dd of=` + blob + ` bs=1 seek=$((off + 64)) conv=notrunc status=none`
+	if o, err := src.Output(ctx, "sh", "-c", corrupt); err != nil {
+		t.Fatalf("corrupting the RDMA image: %v\n%s", err, o)
+	}
+	refused(orig, "corrupt RDMA image", "ctr", "container", "restore", "--live", copyID, ref)
+	intact(server, out)
+}
+
+// checkpointBlob is the path, in g's content store, of the blob with
+// CRIU's images (and MigrOS' RDMA images) of checkpoint ref.
+func checkpointBlob(ctx context.Context, t *testing.T, g *lab.Guest, ref string) string {
+	t.Helper()
+	out, err := g.Output(ctx, "ctr", "images", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var index string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == ref {
+			index = f[2]
+		}
+	}
+	if index == "" {
+		t.Fatalf("checkpoint %s not listed:\n%s", ref, out)
+	}
+	out, err = g.Output(ctx, "ctr", "content", "get", index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal([]byte(out), &idx); err != nil {
+		t.Fatalf("index of %s: %v\n%s", ref, err, out)
+	}
+	for _, m := range idx.Manifests {
+		if m.MediaType == "application/vnd.containerd.container.criu.checkpoint.criu.tar" {
+			return "/var/lib/containerd/io.containerd.content.v1.content/blobs/" + m.Digest.Algorithm().String() + "/" + m.Digest.Encoded()
+		}
+	}
+	t.Fatalf("checkpoint %s has no CRIU images:\n%s", ref, out)
+	return ""
+}

@@ -37,6 +37,8 @@ commands:
   shell   [--name N] GUEST           interactive shell in a guest (Ctrl-] quits)
   demo    [--assets F]               boot a lab, run RDMA containers, tear down
   image   -o FILE [-add PROG,..]     build the RDMA test image (OCI archive)
+  checkpoint [--exit] ID REF         (in a guest) checkpoint container ID whole (spec, rw
+                                     layer, task) as REF; --exit stops it (to move it)
   restore-task ID CHECKPOINT         (in a guest) restore container ID's task from a
                                      task checkpoint (ctr task checkpoint), which ctr cannot
   agent   [--port NAME]              (in a guest) serve the control channel
@@ -54,6 +56,7 @@ func main() {
 	cmds := map[string]func(context.Context, []string) error{
 		"up": up, "down": down, "status": status, "exec": execCmd, "shell": shell,
 		"demo": demo, "image": image, "agent": agent, "forge": forge, "restore-task": restoreTask,
+		"checkpoint": checkpointContainer,
 	}
 	fn, ok := cmds[os.Args[1]]
 	if !ok {
@@ -303,6 +306,21 @@ func findPort(name string) string {
 		}
 	}
 	return ""
+}
+
+// checkpointContainer makes a container checkpoint that stops the
+// container, which ctr container checkpoint cannot: the way to move a
+// container to another host with ctr images export/import.
+func checkpointContainer(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("checkpoint", flag.ExitOnError)
+	address := fs.String("address", container.DefaultAddress, "containerd's socket")
+	ns := fs.String("namespace", "default", "containerd namespace")
+	exit := fs.Bool("exit", false, "stop the container once checkpointed")
+	fs.Parse(args)
+	if fs.NArg() != 2 {
+		return errors.New("usage: checkpoint [--address SOCK] [--namespace NS] [--exit] ID REF")
+	}
+	return container.Checkpoint(ctx, *address, *ns, fs.Arg(0), fs.Arg(1), *exit)
 }
 
 // restoreTask restores a container's task from a task checkpoint through

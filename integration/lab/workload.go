@@ -33,6 +33,8 @@ type Container struct {
 	NetHost bool
 	// Devices are more ctr --device arguments: device paths or CDI names.
 	Devices []string
+	// NetNS is a named network namespace (ip netns) it joins.
+	NetNS string
 	// Annotations are added to its spec.
 	Annotations map[string]string
 	// Runtime is the containerd runtime (default io.containerd.runc.v2).
@@ -65,6 +67,9 @@ func (g *Guest) RunArgv(ctx context.Context, c Container, argv ...string) ([]str
 	}
 	for _, d := range c.Devices {
 		cmd = append(cmd, "--device", d)
+	}
+	if c.NetNS != "" {
+		cmd = append(cmd, "--with-ns", "network:/var/run/netns/"+c.NetNS)
 	}
 	if c.RDMA || c.NetHost {
 		cmd = append(cmd, "--net-host")

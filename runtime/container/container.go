@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 
-// Package container drives containerd for MigrOS: it restores a
-// container's task from a task checkpoint (what `ctr task checkpoint`
-// makes, with or without --exit), which ctr itself cannot do.
+// Package container drives containerd for MigrOS where ctr cannot: it
+// checkpoints a container whole and stops it (a checkpoint to move it
+// elsewhere), and restores a container's task from a task checkpoint
+// (what `ctr task checkpoint` makes, with or without --exit).
 package container
 
 import (
@@ -60,4 +61,34 @@ func RestoreTask(ctx context.Context, address, ns, id, ref, workDir string) (uin
 		return 0, fmt.Errorf("restoring container %s from %s: %w", id, ref, err)
 	}
 	return task.Pid(), nil
+}
+
+// Checkpoint makes the container checkpoint ref of container id, in
+// containerd namespace ns: its spec, runtime, rw layer and task (CRIU's
+// images and, under io.containerd.migros.v1, the RDMA images), which `ctr
+// container restore` restores and `ctr images export/import` move whole.
+// With exit the task stops once dumped, its QPs left Stopped so that its
+// peers wait for the restored container; without, it keeps running
+// (ctr container checkpoint --task).
+func Checkpoint(ctx context.Context, address, ns, id, ref string, exit bool) error {
+	client, err := containerd.New(address)
+	if err != nil {
+		return fmt.Errorf("containerd at %s: %w", address, err)
+	}
+	defer client.Close()
+	ctx = namespaces.WithNamespace(ctx, ns)
+	c, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	opts := []containerd.CheckpointOpts{containerd.WithCheckpointRuntime, containerd.WithCheckpointRW}
+	if exit {
+		// Before WithCheckpointTask, which sends the options.
+		opts = append(opts, containerd.WithCheckpointTaskExit)
+	}
+	opts = append(opts, containerd.WithCheckpointTask)
+	if _, err := c.Checkpoint(ctx, ref, opts...); err != nil {
+		return fmt.Errorf("checkpoint of container %s: %w", id, err)
+	}
+	return nil
 }
