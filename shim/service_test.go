@@ -104,6 +104,23 @@ func TestCheckpointOptions(t *testing.T) {
 	}
 }
 
+// created checks a Create's outcome, err: with wantErr, that error and
+// nothing created by runc; else runc created the container, and it says
+// so.
+func created(t *testing.T, f *fakeTasks, err, wantErr error) bool {
+	t.Helper()
+	if wantErr != nil {
+		if !errors.Is(errgrpc.ToNative(err), wantErr) || len(f.created) != 0 {
+			t.Fatalf("error %v (runc created %v), want %v and nothing created", err, f.created, wantErr)
+		}
+		return false
+	}
+	if err != nil || len(f.created) != 1 {
+		t.Fatalf("create: %v, runc created %v", err, f.created)
+	}
+	return true
+}
+
 // writeImage puts an RDMA image of one QP in a checkpoint directory.
 func writeImage(t *testing.T, dir string, b []byte) {
 	t.Helper()
@@ -139,14 +156,8 @@ func TestCreateFromCheckpoint(t *testing.T) {
 			f := &fakeTasks{pid: 42}
 			s := New(f, install.At("/opt/migros/bin"))
 			_, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "c", Checkpoint: dir})
-			if tc.wantErr != nil {
-				if !errors.Is(errgrpc.ToNative(err), tc.wantErr) || len(f.created) != 0 {
-					t.Fatalf("error %v (runc created %v), want %v and nothing created", err, f.created, tc.wantErr)
-				}
+			if !created(t, f, err, tc.wantErr) {
 				return
-			}
-			if err != nil || len(f.created) != 1 {
-				t.Fatalf("create: %v, runc created %v", err, f.created)
 			}
 			if s.restoring["c"] != tc.restoring {
 				t.Fatalf("restoring RDMA state: %v, want %v", s.restoring["c"], tc.restoring)
@@ -339,14 +350,8 @@ func TestCreateAppliesIDRanges(t *testing.T) {
 			s := New(f, paths)
 			s.rxeParams = params
 			_, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "c", Bundle: bundle})
-			if tc.wantErr != nil {
-				if !errors.Is(errgrpc.ToNative(err), tc.wantErr) || len(f.created) != 0 {
-					t.Fatalf("error %v (runc created %v), want %v and nothing created", err, f.created, tc.wantErr)
-				}
+			if !created(t, f, err, tc.wantErr) {
 				return
-			}
-			if err != nil || len(f.created) != 1 {
-				t.Fatalf("create: %v, runc created %v", err, f.created)
 			}
 			b, err := os.ReadFile(filepath.Join(params, "migros_qpn_range"))
 			if err != nil || string(b) != tc.want {
