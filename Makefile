@@ -168,15 +168,16 @@ bench: lab-assets
 	if [ $$rc = 0 ]; then for f in bench-rxe bench-checkpoint; do \
 		if [ -e $(OUT)/$$f.md ]; then cp $(OUT)/$$f.md docs/$$f.md; fi; done; fi; exit $$rc
 
-# Installs MigrOS where containerd and CRIU find it: the migros CLI and
-# containerd-shim-migros-v1 in $(PREFIX)/bin (on containerd's PATH), the
+# Installs MigrOS where containerd and CRIU find it: the migros CLI, its
+# CRIU helper migros-criu and containerd-shim-migros-v1 in $(PREFIX)/bin
+# (on containerd's PATH), the
 # CRIU plugin and MigrOS' CRIU configuration in $(PREFIX)/lib/criu, where
 # both binaries look for them. The kernel module is not installed here:
 # see docs/containerd.md.
 PREFIX ?= /usr/local
 install: binaries plugin
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/criu
-	install -m 0755 $(BIN)/migros $(BIN)/containerd-shim-migros-v1 $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BIN)/migros $(BIN)/migros-criu $(BIN)/containerd-shim-migros-v1 $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 $(CRIU_PLUGIN) $(OUT)/lib/criu/migros.conf $(DESTDIR)$(PREFIX)/lib/criu/
 
 clean: lab-down

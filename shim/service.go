@@ -61,7 +61,7 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 // withPlugin is ctx with the environment that makes the CRIU that runc
 // runs load MigrOS' plugin, and the plugin find migros.
 func (s *Service) withPlugin(ctx context.Context) context.Context {
-	return runc.WithExtraEnv(ctx, "CRIU_LIBS_DIR="+s.paths.PluginDir, "MIGROS_BIN="+s.paths.Migros)
+	return runc.WithExtraEnv(ctx, "CRIU_LIBS_DIR="+s.paths.PluginDir, "MIGROS_BIN="+s.paths.Helper)
 }
 
 // Create gives a container that asks for RDMA the host's RDMA devices

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/migros/migros/rdma/criu"
 	"github.com/migros/migros/runtime/checkpoint"
 	"github.com/migros/migros/runtime/install"
 )
@@ -30,43 +29,8 @@ func checkpointCmd(ctx context.Context, args []string) error {
 	if *pid <= 0 || *images == "" {
 		return errors.New("--pid and --images are required")
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	return checkpoint.Run(ctx, checkpoint.Options{PID: *pid, ImagesDir: *images, LeaveRunning: *leave,
-		PluginDir: *plugins, MigrosBin: exe})
-}
-
-// criuDump is what the CRIU plugin runs for each uverbs file: the file is
-// fd 3, the images directory fd 4.
-func criuDump(args []string) error {
-	fs := flag.NewFlagSet("criu-dump", flag.ExitOnError)
-	fd := fs.Int("fd", 3, "the uverbs file")
-	dirFD := fs.Int("images-fd", 4, "the images directory")
-	id := fs.Int("id", -1, "CRIU's id of the file")
-	fs.Parse(args)
-	if *id < 0 {
-		return errors.New("--id is required")
-	}
-	path, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", *fd))
-	if err != nil {
-		return err
-	}
-	f := os.NewFile(uintptr(*fd), path)
-	dir, err := imagesDir(*dirFD)
-	if err != nil {
-		return err
-	}
-	pid, tfd, err := criu.Owner(f)
-	if err != nil {
-		return err
-	}
-	img, err := criu.Dump(f, pid, tfd)
-	if err != nil {
-		return err
-	}
-	return criu.WriteImage(dir, *id, img)
+		PluginDir: *plugins, MigrosBin: install.Beside().Helper})
 }
 
 func restoreCmd(ctx context.Context, args []string) error {
@@ -77,48 +41,13 @@ func restoreCmd(ctx context.Context, args []string) error {
 	if *images == "" {
 		return errors.New("--images is required")
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	pid, err := checkpoint.Restore(ctx, checkpoint.RestoreOptions{ImagesDir: *images, PluginDir: *plugins, MigrosBin: exe})
+	pid, err := checkpoint.Restore(ctx, checkpoint.RestoreOptions{ImagesDir: *images, PluginDir: *plugins,
+		MigrosBin: install.Beside().Helper})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("restored process %d\n", pid)
 	return nil
-}
-
-// criuRestore is what the CRIU plugin runs for each restored process that
-// has uverbs files: fd 3 is the plugin's system call executor for the
-// process, fd 4 the images directory.
-func criuRestore(args []string) error {
-	fs := flag.NewFlagSet("criu-restore", flag.ExitOnError)
-	fd := fs.Int("fd", 3, "the executor socket")
-	dirFD := fs.Int("images-fd", 4, "the images directory")
-	pid := fs.Int("pid", 0, "the restored process")
-	fs.Parse(args)
-	if *pid <= 0 {
-		return errors.New("--pid is required")
-	}
-	dir, err := imagesDir(*dirFD)
-	if err != nil {
-		return err
-	}
-	return criu.Restore(*pid, dir, criu.NewExecutor(os.NewFile(uintptr(*fd), "executor")))
-}
-
-// imagesDir is the images directory CRIU's plugin passed as fd.
-func imagesDir(fd int) (*os.File, error) {
-	p := fmt.Sprintf("/proc/self/fd/%d", fd)
-	path, err := os.Readlink(p)
-	if err != nil {
-		return nil, fmt.Errorf("images directory fd %d: %w", fd, err)
-	}
-	if st, err := os.Stat(p); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("images fd %d is %s, not a directory", fd, path)
-	}
-	return os.NewFile(uintptr(fd), path), nil
 }
 
 func inspect(args []string) error {

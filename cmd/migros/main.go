@@ -64,10 +64,6 @@ func main() {
 		err = inspect(args)
 	case "restore":
 		err = restoreCmd(ctx, args)
-	case "criu-dump":
-		err = criuDump(args)
-	case "criu-restore":
-		err = criuRestore(args)
 	case "rxe":
 		if len(args) == 0 {
 			fmt.Fprint(os.Stderr, usage)

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package criu does the RDMA part of a CRIU checkpoint and restore, which
-// MigrOS' CRIU plugin (plugin/migros_criu.c) hands to `migros criu-dump`
+// MigrOS' CRIU plugin (plugin/migros_criu.c) hands to `migros-criu criu-dump`
 // and friends while CRIU holds the process.
 package criu
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 // Package install says where MigrOS' pieces are: its binaries (migros,
-// containerd-shim-migros-v1) in one directory, its CRIU plugin in
+// migros-criu, containerd-shim-migros-v1) in one directory, its CRIU plugin in
 // ../lib/criu from there. The build output (_output/bin, _output/lib/criu)
 // and `make install` (PREFIX/bin, PREFIX/lib/criu) lay them out so.
 package install
@@ -13,16 +13,19 @@ import (
 
 // Paths of an installation.
 type Paths struct {
-	Migros    string // the migros binary, which the CRIU plugin runs
+	Helper    string // migros-criu, which the CRIU plugin runs
 	PluginDir string // holds migros_criu.so; CRIU loads every plugin there
 	ConfigDir string // the host's MigrOS configuration (/etc/migros)
 }
 
 // At is the installation whose binaries are in bin.
 func At(bin string) Paths {
-	return Paths{Migros: filepath.Join(bin, "migros"), PluginDir: filepath.Join(bin, "..", "lib", "criu"),
+	return Paths{Helper: filepath.Join(bin, "migros-criu"), PluginDir: filepath.Join(bin, "..", "lib", "criu"),
 		ConfigDir: "/etc/migros"}
 }
+
+// PKIDir holds the host's agent identity (package agent).
+func (p Paths) PKIDir() string { return filepath.Join(p.ConfigDir, "pki") }
 
 // IDRanges is the host's ID range policy file (package idrange).
 func (p Paths) IDRanges() string { return filepath.Join(p.ConfigDir, "ids.conf") }

@@ -10,7 +10,7 @@
  *
  * Dump: CRIU calls DUMP_EXT_FILE for each uverbs file while it has the
  * process frozen and before it dumps memory. The plugin runs
- * "migros criu-dump" with the file as fd 3 and the images directory as
+ * "migros-criu criu-dump" with the file as fd 3 and the images directory as
  * fd 4; migros stops the context's QPs and writes rdma-<id>.img.
  *
  * Restore: RESTORE_EXT_FILE gives each of our files a placeholder, a memfd
@@ -18,7 +18,7 @@
  * UPDATE_VMA_MAP maps the ring VMAs from a placeholder memfd. Neither can
  * do more: memory is not yet at its final addresses. RESUME_DEVICES_LATE
  * runs in the CRIU master once it is, with the tasks stopped under its
- * ptrace: the plugin starts "migros criu-restore" for each task that holds
+ * ptrace: the plugin starts "migros-criu criu-restore" for each task that holds
  * placeholders and runs, in the task, the system calls migros asks for
  * (open, ioctl, mmap, dup3, ...), so the task itself owns what is created.
  * If migros fails, the task is killed: CRIU ignores this hook's result.
@@ -89,7 +89,7 @@ static pid_t start_migros(const char *cmd, int fd, const char *id_flag, int id)
 	pid_t pid;
 
 	if (!bin)
-		bin = "migros";
+		bin = "migros-criu";
 	snprintf(idstr, sizeof(idstr), "%d", id);
 	pid = fork();
 	if (pid < 0)
@@ -104,7 +104,7 @@ static pid_t start_migros(const char *cmd, int fd, const char *id_flag, int id)
 			_exit(126);
 		if (log >= 0)
 			dup2(log, 2);
-		execlp(bin, "migros", cmd, "--fd", "3", "--images-fd", "4",
+		execlp(bin, "migros-criu", cmd, "--fd", "3", "--images-fd", "4",
 		       id_flag, idstr, (char *)NULL);
 		dprintf(2, "migros plugin: exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
@@ -177,7 +177,7 @@ static bool image_exists(const char *fmt, int id)
 	return !faccessat(criu_get_image_dir(), name, F_OK, 0);
 }
 
-/* Runs in the restored task; migros criu-restore replaces it later. */
+/* Runs in the restored task; migros-criu criu-restore replaces it later. */
 static int migros_restore_file(int id)
 {
 	char name[64];
