@@ -361,3 +361,54 @@ func checkpointBlob(ctx context.Context, t *testing.T, g *lab.Guest, ref string)
 	t.Fatalf("checkpoint %s has no CRIU images:\n%s", ref, out)
 	return ""
 }
+
+// A paused RDMA container checkpointed with ctr stays paused with its QPs
+// Stopped (the state a migration's source waits in: its peers wait too);
+// ctr task resume thaws it and resumes its QPs, and its stream to the
+// peer ends with every message intact.
+func TestShimCheckpointPaused(t *testing.T) {
+	ctx := testContext(t, 6*time.Minute)
+	src, peer := guest(t, "src"), guest(t, "peer")
+	const id, ref = "e2e-shim-paused", "localhost/migros/checkpoint/e2e-shim-paused:1"
+	t.Cleanup(func() {
+		ctx := testContext(t, 2*time.Minute)
+		src.RemoveContainer(ctx, id)
+		_ = src.Run(ctx, "ctr", "images", "rm", ref)
+	})
+	args := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	server, serverOut := serve(ctx, t, peer, args...)
+	startInContainer(ctx, t, src, lab.Container{ID: id, Runtime: migrosRuntime, NetHost: true,
+		Annotations: map[string]string{"io.migros.rdma": "true"}}, append(args, "-w", "5000", peer.Addr())...)
+	time.Sleep(3 * time.Second)
+	pid := pidOf(ctx, t, src, "rdmacheck")
+	if err := src.Run(ctx, "ctr", "task", "pause", id); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := src.Output(ctx, "ctr", "container", "checkpoint", "--task", id, ref); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, o)
+	}
+	if st := taskStatus(ctx, t, src, id); st != "PAUSED" {
+		t.Fatalf("container is %s after its checkpoint, want PAUSED", st)
+	}
+	qps := listQPs(ctx, t, src, pid)
+	for _, q := range qps {
+		if q.Mig.String() != "stopped" {
+			t.Errorf("QP %#x is %s while the checkpointed container is paused, want stopped", q.QPN, q.Mig)
+		}
+	}
+	if len(qps) == 0 {
+		t.Fatal("no QP listed")
+	}
+	if err := src.Run(ctx, "ctr", "task", "resume", id); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range listQPs(ctx, t, src, pid) {
+		if q.Mig.String() == "stopped" {
+			t.Errorf("QP %#x still stopped after ctr task resume", q.QPN)
+		}
+	}
+	waitOK(t, "the peer", server, serverOut, 3*time.Minute)
+	if s := serverOut.String(); !strings.Contains(s, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("peer did not receive every message intact:\n%s", s)
+	}
+}

@@ -11,12 +11,12 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	runc "github.com/containerd/go-runc"
@@ -43,12 +43,17 @@ type Service struct {
 	// restoring: containers created from a checkpoint with RDMA state,
 	// by ID, whose Start restores it.
 	restoring map[string]bool
+	// stopped: paused containers checkpointed leaving them paused, by ID,
+	// with their init's pid: their QPs stay Stopped (a migration takes
+	// them elsewhere, or gives them back) until the container resumes.
+	stopped map[string]int
 }
 
 // New wraps inner, the runc task service; paths locate MigrOS' CRIU
 // plugin and the migros binary it runs.
 func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
-	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir, restoring: map[string]bool{}}
+	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir,
+		restoring: map[string]bool{}, stopped: map[string]int{}}
 }
 
 // RegisterTTRPC serves the wrapper, not the runc service, as the task
@@ -132,15 +137,35 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if r.ExecID == "" {
 		s.mu.Lock()
 		delete(s.restoring, r.ID)
+		delete(s.stopped, r.ID)
 		s.mu.Unlock()
 	}
 	return s.TTRPCTaskService.Delete(ctx, r)
 }
 
+// Resume of a container checkpointed while paused also resumes its QPs,
+// which the checkpoint left Stopped, so that its peers carry on with it.
+func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	pid, stopped := s.stopped[r.ID]
+	s.mu.Unlock()
+	if stopped {
+		if err := checkpoint.Resume(pid); err != nil {
+			return nil, grpcError(fmt.Errorf("container %s: resuming its QPs: %w", r.ID, err))
+		}
+		s.mu.Lock()
+		delete(s.stopped, r.ID)
+		s.mu.Unlock()
+	}
+	return s.TTRPCTaskService.Resume(ctx, r)
+}
+
 // Checkpoint refuses, before anything is frozen, a container with what
 // MigrOS cannot checkpoint; dumps it with its RDMA state; and, if it keeps
 // running or the dump fails, resumes its QPs in place so that its peers
-// carry on with it.
+// carry on with it. A container that was paused and stays so (a
+// migration's source, until the move succeeds or is undone) keeps its
+// QPs Stopped until it resumes.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
 	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
 	if err != nil {
@@ -155,10 +180,18 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		return nil, grpcError(err)
 	}
 	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
-	if err != nil || !opts.Exit {
+	switch {
+	case err == nil && opts.Exit:
+	case err == nil && st.Status == task.Status_PAUSED:
+		s.mu.Lock()
+		s.stopped[r.ID] = pid
+		s.mu.Unlock()
+	default:
 		if rerr := checkpoint.Resume(pid); rerr != nil {
 			log.G(ctx).WithError(rerr).Warnf("container %s: resuming its QPs", r.ID)
-			err = errors.Join(err, grpcError(rerr))
+			if err == nil {
+				err = grpcError(fmt.Errorf("container %s: resuming its QPs after the checkpoint: %w", r.ID, rerr))
+			}
 		}
 	}
 	return resp, err

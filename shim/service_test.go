@@ -15,6 +15,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
@@ -40,6 +41,8 @@ type fakeTasks struct {
 	started      []string
 	checkpointed []*taskAPI.CheckpointTaskRequest
 	failCkpt     error
+	status       task.Status
+	resumed      []string
 }
 
 func (f *fakeTasks) Create(_ context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
@@ -57,7 +60,12 @@ func (f *fakeTasks) Delete(_ context.Context, r *taskAPI.DeleteRequest) (*taskAP
 }
 
 func (f *fakeTasks) State(_ context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	return &taskAPI.StateResponse{ID: r.ID, Pid: f.pid}, nil
+	return &taskAPI.StateResponse{ID: r.ID, Pid: f.pid, Status: f.status}, nil
+}
+
+func (f *fakeTasks) Resume(_ context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	f.resumed = append(f.resumed, r.ID)
+	return &emptypb.Empty{}, nil
 }
 
 func (f *fakeTasks) Checkpoint(_ context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
@@ -200,6 +208,48 @@ func TestCheckpoint(t *testing.T) {
 	f.failCkpt = errors.New("criu failed")
 	if _, err := s.Checkpoint(context.Background(), r); err == nil {
 		t.Fatal("a failed checkpoint succeeded")
+	}
+}
+
+// A paused container checkpointed leaving it paused keeps its QPs
+// Stopped until it is resumed (a migration's source); a running one, or
+// one that exits, leaves nothing to resume.
+func TestCheckpointPaused(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  task.Status
+		exit    bool
+		stopped bool
+	}{
+		{"paused, stays paused", task.Status_PAUSED, false, true},
+		{"paused, exits", task.Status_PAUSED, true, false},
+		{"running, keeps running", task.Status_RUNNING, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The test's own pid: a process without RDMA contexts.
+			f := &fakeTasks{pid: uint32(os.Getpid()), status: tc.status}
+			s := New(f, install.At("/opt/migros/bin"))
+			ctx := context.Background()
+			r := &taskAPI.CheckpointTaskRequest{ID: "c", Path: "/ckpt", Options: anyOf(t, &options.CheckpointOptions{Exit: tc.exit})}
+			if _, err := s.Checkpoint(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := s.stopped["c"]; ok != tc.stopped {
+				t.Fatalf("QPs left Stopped: %v, want %v", ok, tc.stopped)
+			}
+			if _, err := s.Resume(ctx, &taskAPI.ResumeRequest{ID: "c"}); err != nil {
+				t.Fatal(err)
+			}
+			if len(s.stopped) != 0 || len(f.resumed) != 1 {
+				t.Fatalf("after Resume: stopped %v, runc resumed %v", s.stopped, f.resumed)
+			}
+		})
+	}
+	// Deleted without resuming, it is forgotten.
+	s := New(&fakeTasks{pid: 42}, install.At("/opt/migros/bin"))
+	s.stopped["c"] = 42
+	if _, err := s.Delete(context.Background(), &taskAPI.DeleteRequest{ID: "c"}); err != nil || len(s.stopped) != 0 {
+		t.Fatalf("after Delete: %v, %v", s.stopped, err)
 	}
 }
 
