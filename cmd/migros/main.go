@@ -8,6 +8,9 @@
 //	migros inspect DIR                    the RDMA objects of a checkpoint
 //	migros cdi [--output FILE]            a CDI spec of the host's RDMA devices
 //	migros ids [--apply]                  the host's ID range policy
+//	migros agent [--listen ADDR]          serve migrations to other hosts (mutual TLS)
+//	migros agent init --out DIR NAME=IP.. the agents' CA and each host's identity
+//	migros agent ping HOST[:PORT]         ask another host's agent about its host
 //
 // It also drives the migration protocol of our rdma_rxe on a running
 // process:
@@ -39,6 +42,9 @@ const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
        migros inspect DIR
        migros cdi [--output FILE|-]
        migros ids [--config FILE] [--apply]
+       migros agent [--listen ADDR] [--pki DIR]
+       migros agent init --out DIR NAME=IP[,IP...]...
+       migros agent ping [--pki DIR] HOST[:PORT]
        migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
@@ -58,6 +64,8 @@ func main() {
 		err = checkpointCmd(ctx, args)
 	case "cdi":
 		err = cdiCmd(args)
+	case "agent":
+		err = agentCmd(ctx, args)
 	case "ids":
 		err = idsCmd(args)
 	case "inspect":
