@@ -114,34 +114,95 @@ func startInContainer(ctx context.Context, t *testing.T, g *lab.Guest, c lab.Con
 	}
 }
 
-// The network namespace of a container that moves between guests: a
-// macvlan of eth0 with the container's own address and MAC, which go
-// with it, so that its TCP connections (CRIU restores them) keep their
-// address. Its RDMA traffic goes through the guest's rxe device, whose
-// address changes with the guest and which RESUME tells the peers.
-const appNS, appIP, appMAC = "migros-app", "192.168.77.50", "02:00:c0:a8:4d:32"
+// The network namespace of a container that moves between guests, with
+// its own address and MAC (lab.Guest.MacvlanNetns).
+const appNS, appAddr, appMAC = "migros-app", "192.168.77.50/24", "02:00:c0:a8:4d:32"
 
 // appNetns makes appNS on g; it is removed at the test's end.
 func appNetns(ctx context.Context, t *testing.T, g *lab.Guest) {
 	t.Helper()
-	in := "ip -n " + appNS + " "
-	setup := "ip netns add " + appNS + " && " +
-		"ip link add mv-app address " + appMAC + " link eth0 type macvlan mode bridge && " +
-		"ip link set mv-app netns " + appNS + " && " +
-		in + "addr add " + appIP + "/24 dev mv-app && " + in + "link set mv-app up && " + in + "link set lo up"
-	if out, err := g.Output(ctx, "sh", "-c", setup); err != nil {
-		t.Fatalf("network namespace on %s: %v\n%s", g.Name, err, out)
+	if err := g.MacvlanNetns(ctx, appNS, appAddr, appMAC); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = g.Run(context.Background(), "ip", "netns", "del", appNS) })
 }
 
-// An RDMA container under MigrOS' runtime moves from src to dst with
-// ctr's commands: checkpointed whole and stopped on src, exported with
-// ctr images export, imported on dst with ctr images import, restored
-// there with ctr container restore. It runs ib_write_bw and rdmacheck,
-// which checks every message, against peer, both mid-transfer at the
-// checkpoint: both finish on dst, with every message received intact
-// and no error on peer.
+// mover is a container that moves between guests while it talks to the
+// peer: ib_write_bw and rdmacheck (which checks every message), in
+// appNS, under MigrOS' runtime. Each writes its report in the container,
+// which then stays up to be asked for it.
+type mover struct {
+	id                  string
+	perf, check         *control.Process
+	perfOut, checkOut   *bytes.Buffer
+	perfIters, perfSize int
+}
+
+// startMover starts the peer's servers and container id on g, in a new
+// appNS.
+func startMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string) *mover {
+	t.Helper()
+	m := &mover{id: id, perfIters: 2000, perfSize: 65536}
+	appNetns(ctx, t, g)
+	const perfPort = 18600
+	perf := []string{"ib_write_bw", "-x", "1", "-n", fmt.Sprint(m.perfIters), "-s", fmt.Sprint(m.perfSize), "-p", fmt.Sprint(perfPort)}
+	m.perf, m.perfOut = start(ctx, t, peer, perf...)
+	if err := peer.WaitListening(ctx, perfPort, m.perf); err != nil {
+		t.Fatal(err)
+	}
+	check := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
+	m.check, m.checkOut = serve(ctx, t, peer, check...)
+	bin, err := g.Output(ctx, "sh", "-c", "command -v rdmacheck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("%s %s >/perf.out 2>&1 & %s %s -w 5000 %s >/check.out 2>&1 & wait; touch /done; exec sleep 3600",
+		strings.Join(perf, " "), peer.Addr(), strings.TrimSpace(bin), strings.Join(check[1:], " "), peer.Addr())
+	c := lab.Container{ID: id, Runtime: migrosRuntime, NetNS: appNS, Detach: true,
+		Annotations: map[string]string{"io.migros.rdma": "true"}}
+	run, err := g.RunArgv(ctx, c, "sh", "-c", script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := g.Output(ctx, run...); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return m
+}
+
+// finish waits for both transfers to end, the container being on g: the
+// peer received every message intact, its ib_write_bw exited without
+// error, and the container's programs report every iteration.
+func (m *mover) finish(ctx context.Context, t *testing.T, g *lab.Guest) {
+	t.Helper()
+	waitOK(t, "the peer's ib_write_bw", m.perf, m.perfOut, 3*time.Minute)
+	waitOK(t, "the peer's rdmacheck", m.check, m.checkOut, 3*time.Minute)
+	if s := m.checkOut.String(); !strings.Contains(s, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
+		t.Fatalf("peer did not receive every message intact:\n%s", s)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for g.Run(ctx, "ctr", "task", "exec", "--exec-id", fmt.Sprint("done-", time.Now().UnixNano()), m.id, "test", "-e", "/done") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the container's programs did not finish")
+		}
+		time.Sleep(time.Second)
+	}
+	out, err := g.Output(ctx, "ctr", "task", "exec", "--exec-id", "report", m.id, "cat", "/perf.out", "/check.out")
+	if err != nil {
+		t.Fatalf("reports: %v\n%s", err, out)
+	}
+	checkBW(m.perfIters, m.perfSize)(t, out)
+	if !strings.Contains(out, "sent "+rdmacheckMsgs+" messages of 4096 bytes, server checked "+rdmacheckMsgs) {
+		t.Fatalf("the container's rdmacheck:\n%s", out)
+	}
+}
+
+// An RDMA container under MigrOS' runtime (a mover) moves from src to
+// dst with ctr's commands: checkpointed whole and stopped on src,
+// exported with ctr images export, imported on dst with ctr images
+// import, restored there with ctr container restore, mid-transfer. Both
+// of its transfers finish on dst, with every message intact and no error
+// on the peer.
 func TestShimMoveByExport(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
@@ -154,32 +215,7 @@ func TestShimMoveByExport(t *testing.T) {
 			_ = g.Run(ctx, "rm", "-f", tar)
 		}
 	})
-	appNetns(ctx, t, src)
-	const perfIters, perfSize, perfPort = 2000, 65536, 18600
-	perf := []string{"ib_write_bw", "-x", "1", "-n", fmt.Sprint(perfIters), "-s", fmt.Sprint(perfSize), "-p", fmt.Sprint(perfPort)}
-	perfServer, perfOut := start(ctx, t, peer, perf...)
-	if err := peer.WaitListening(ctx, perfPort, perfServer); err != nil {
-		t.Fatal(err)
-	}
-	check := []string{"rdmacheck", "-n", rdmacheckMsgs, "-s", "4096"}
-	checkServer, checkOut := serve(ctx, t, peer, check...)
-	bin, err := src.Output(ctx, "sh", "-c", "command -v rdmacheck")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Both programs write their report in the container, which then stays
-	// up to be asked for it.
-	script := fmt.Sprintf("%s %s >/perf.out 2>&1 & %s %s -w 5000 %s >/check.out 2>&1 & wait; touch /done; exec sleep 3600",
-		strings.Join(perf, " "), peer.Addr(), strings.TrimSpace(bin), strings.Join(check[1:], " "), peer.Addr())
-	c := lab.Container{ID: id, Runtime: migrosRuntime, NetNS: appNS, Detach: true,
-		Annotations: map[string]string{"io.migros.rdma": "true"}}
-	run, err := src.RunArgv(ctx, c, "sh", "-c", script)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := src.Output(ctx, run...); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	m := startMover(ctx, t, src, peer, id)
 	time.Sleep(4 * time.Second)
 
 	// src: checkpoint and stop; the container's address leaves with it.
@@ -193,13 +229,13 @@ func TestShimMoveByExport(t *testing.T) {
 	if err := src.Run(ctx, "ip", "netns", "del", appNS); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := src.Output(ctx, "ctr", "images", "export", "--skip-manifest-json", tar, ref); err != nil {
+	if out, err := src.Output(ctx, "ctr", "images", "export", "--local", "--skip-manifest-json", tar, ref); err != nil {
 		t.Fatalf("export: %v\n%s", err, out)
 	}
 	copyBetween(ctx, t, src, dst, tar)
 
 	// dst: import, the container's address, restore.
-	if out, err := dst.Output(ctx, "ctr", "images", "import", tar); err != nil {
+	if out, err := dst.Output(ctx, "ctr", "images", "import", "--local", "--no-unpack", tar); err != nil {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
 	appNetns(ctx, t, dst)
@@ -209,26 +245,7 @@ func TestShimMoveByExport(t *testing.T) {
 	if st := taskStatus(ctx, t, dst, id); st != "RUNNING" {
 		t.Fatalf("restored container is %s on dst", st)
 	}
-	waitOK(t, "the peer's ib_write_bw", perfServer, perfOut, 3*time.Minute)
-	waitOK(t, "the peer's rdmacheck", checkServer, checkOut, 3*time.Minute)
-	if s := checkOut.String(); !strings.Contains(s, "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
-		t.Fatalf("peer did not receive every message intact:\n%s", s)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for dst.Run(ctx, "ctr", "task", "exec", "--exec-id", fmt.Sprint("done-", time.Now().UnixNano()), id, "test", "-e", "/done") != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the restored container's programs did not finish")
-		}
-		time.Sleep(time.Second)
-	}
-	out, err := dst.Output(ctx, "ctr", "task", "exec", "--exec-id", "report", id, "cat", "/perf.out", "/check.out")
-	if err != nil {
-		t.Fatalf("reports: %v\n%s", err, out)
-	}
-	checkBW(perfIters, perfSize)(t, out)
-	if !strings.Contains(out, "sent "+rdmacheckMsgs+" messages of 4096 bytes, server checked "+rdmacheckMsgs) {
-		t.Fatalf("the container's rdmacheck:\n%s", out)
-	}
+	m.finish(ctx, t, dst)
 }
 
 // What MigrOS cannot checkpoint or restore, through ctr, fails with an
@@ -362,10 +379,10 @@ func checkpointBlob(ctx context.Context, t *testing.T, g *lab.Guest, ref string)
 	return ""
 }
 
-// A paused RDMA container checkpointed with ctr stays paused with its QPs
-// Stopped (the state a migration's source waits in: its peers wait too);
-// ctr task resume thaws it and resumes its QPs, and its stream to the
-// peer ends with every message intact.
+// A paused RDMA container checkpointed through containerd stays paused
+// with its QPs Stopped (the state a migration's source waits in: its
+// peers wait too); ctr task resume thaws it and resumes its QPs, and its
+// stream to the peer ends with every message intact.
 func TestShimCheckpointPaused(t *testing.T) {
 	ctx := testContext(t, 6*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
@@ -384,7 +401,8 @@ func TestShimCheckpointPaused(t *testing.T) {
 	if err := src.Run(ctx, "ctr", "task", "pause", id); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := src.Output(ctx, "ctr", "container", "checkpoint", "--task", id, ref); err != nil {
+	// (ctr container checkpoint would pause and resume it itself.)
+	if o, err := src.Output(ctx, "migros-lab", "checkpoint", id, ref); err != nil {
 		t.Fatalf("checkpoint: %v\n%s", err, o)
 	}
 	if st := taskStatus(ctx, t, src, id); st != "PAUSED" {

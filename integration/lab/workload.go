@@ -211,3 +211,19 @@ func runPair(ctx context.Context, server *Guest, serverArgv []string, client *Gu
 
 // ErrNoResult is returned when a tool's output lacks the expected result.
 var ErrNoResult = errors.New("no result in output")
+
+// MacvlanNetns makes network namespace name (ip netns) on g with one
+// link, eth0, a macvlan of g's eth0 with its own addr (ADDRESS/PREFIX)
+// and mac: the network of a container that moves between guests with
+// its address (migros migrate makes it again on the destination).
+func (g *Guest) MacvlanNetns(ctx context.Context, name, addr, mac string) error {
+	in := "ip -n " + name + " "
+	setup := "ip netns add " + name + " && " +
+		"ip link add mv-" + name + " address " + mac + " link eth0 type macvlan mode bridge && " +
+		"ip link set mv-" + name + " netns " + name + " && " + in + "link set mv-" + name + " name eth0 && " +
+		in + "addr add " + addr + " dev eth0 && " + in + "link set eth0 up && " + in + "link set lo up"
+	if out, err := g.Output(ctx, "sh", "-c", setup); err != nil {
+		return fmt.Errorf("network namespace %s on %s: %w\n%s", name, g.Name, err, out)
+	}
+	return nil
+}
