@@ -25,7 +25,7 @@ command -v apt-get >/dev/null || die "apt-get not found: MigrOS needs a Debian b
 PKGS=(
 	qemu-system-x86 busybox-static cpio kmod xz-utils patch make gcc bc
 	rdma-core ibverbs-utils ibverbs-providers perftest libibverbs-dev
-	criu libseccomp-dev pkg-config iptables iproute2 procps
+	criu libseccomp-dev pkg-config iptables iproute2 procps curl
 )
 # The kernel trio, all of one Debian version. The image is not installed,
 # only downloaded and unpacked into the cache (below).

@@ -8,12 +8,15 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/migros/migros/runtime/agent"
+	"github.com/migros/migros/runtime/container"
 	"github.com/migros/migros/runtime/install"
+	"github.com/migros/migros/runtime/migrate"
 )
 
 // agentCmd runs the agent, or makes the agents' identities, or asks an
@@ -30,6 +33,10 @@ func agentCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ExitOnError)
 	listen := fs.String("listen", ":"+agent.DefaultPort, "TCP address to serve on")
 	pki := fs.String("pki", install.Beside().PKIDir(), "this host's identity (migros agent init)")
+	address := fs.String("address", container.DefaultAddress, "containerd's socket")
+	ns := fs.String("namespace", "default", "containerd namespace")
+	root := fs.String("root", "/var/lib/containerd", "containerd's data directory")
+	uplink := fs.String("uplink", defaultUplink(), "interface incoming containers' network links are made on")
 	fs.Parse(args)
 	id, err := agent.LoadIdentity(*pki)
 	if err != nil {
@@ -39,8 +46,31 @@ func agentCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s := &agent.Server{ID: id, Info: agent.HostInfo}
+	d := &migrate.Destination{Address: *address, Namespace: *ns, Uplink: *uplink, Root: *root}
+	s := &agent.Server{ID: id, Info: agent.HostInfo, Routes: d.Routes()}
 	return s.Serve(ctx, l)
+}
+
+// defaultUplink is the interface of the default route, else the only
+// interface besides lo, else eth0.
+func defaultUplink() string {
+	b, _ := os.ReadFile("/proc/net/route")
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(l); len(f) > 2 && f[1] == "00000000" {
+			return f[0]
+		}
+	}
+	ents, _ := os.ReadDir("/sys/class/net")
+	var ifs []string
+	for _, e := range ents {
+		if e.Name() != "lo" {
+			ifs = append(ifs, e.Name())
+		}
+	}
+	if len(ifs) == 1 {
+		return ifs[0]
+	}
+	return "eth0"
 }
 
 // agentInit makes the agents' CA, once, and each named host's identity.

@@ -11,6 +11,7 @@
 //	migros agent [--listen ADDR]          serve migrations to other hosts (mutual TLS)
 //	migros agent init --out DIR NAME=IP.. the agents' CA and each host's identity
 //	migros agent ping HOST[:PORT]         ask another host's agent about its host
+//	migros migrate ID --to HOST[:PORT]    move a running container to that host's agent
 //
 // It also drives the migration protocol of our rdma_rxe on a running
 // process:
@@ -45,6 +46,7 @@ const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
        migros agent [--listen ADDR] [--pki DIR]
        migros agent init --out DIR NAME=IP[,IP...]...
        migros agent ping [--pki DIR] HOST[:PORT]
+       migros migrate CONTAINER --to HOST[:PORT] [--json]
        migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
@@ -64,6 +66,8 @@ func main() {
 		err = checkpointCmd(ctx, args)
 	case "cdi":
 		err = cdiCmd(args)
+	case "migrate":
+		err = migrateCmd(ctx, args)
 	case "agent":
 		err = agentCmd(ctx, args)
 	case "ids":

@@ -19,11 +19,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
 
 // DefaultPort is the agents' TCP port.
-const DefaultPort = "7430"
+const (
+	DefaultPort       = "7430"
+	DefaultPortNumber = 7430
+)
 
 // Info describes an agent's host.
 type Info struct {
@@ -44,20 +48,63 @@ func HostInfo() Info {
 type Server struct {
 	ID   *Identity
 	Info func() Info
+	// Routes are more of the agent's API, by pattern ("POST /v1/...").
+	Routes map[string]http.HandlerFunc
 }
 
 // Handler serves the agent's API (over the TLS listener of Serve).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/info", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, s.Info())
+		WriteJSON(w, http.StatusOK, s.Info())
 	})
+	for p, h := range s.Routes {
+		mux.HandleFunc(p, h)
+	}
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+// WriteJSON answers with v as JSON.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError answers with err, as JSON {"error": ...} plus the fields of
+// an error in its chain with ErrorFields, and a status code for its
+// errdefs class.
+func WriteError(w http.ResponseWriter, err error) {
+	body := map[string]string{}
+	var f interface{ ErrorFields() map[string]string }
+	if errors.As(err, &f) {
+		body = f.ErrorFields()
+	}
+	body["error"] = err.Error()
+	code := http.StatusInternalServerError
+	switch {
+	case errdefs.IsInvalidArgument(err):
+		code = http.StatusBadRequest
+	case errdefs.IsNotFound(err):
+		code = http.StatusNotFound
+	case errdefs.IsAlreadyExists(err), errdefs.IsConflict(err):
+		code = http.StatusConflict
+	case errdefs.IsFailedPrecondition(err):
+		code = http.StatusPreconditionFailed
+	}
+	WriteJSON(w, code, body)
+}
+
+// StatusError is an agent's answer other than 200 OK.
+type StatusError struct {
+	Addr   string
+	Status string
+	// Fields are the answer's JSON fields; "error" is the message.
+	Fields map[string]string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("agent at %s: %s: %s", e.Addr, e.Status, e.Fields["error"])
 }
 
 // Serve serves on l, with TLS, until ctx ends.
@@ -103,22 +150,36 @@ func NewClient(id *Identity, addr string) *Client {
 // Info asks the agent about its host.
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	var info Info
-	return info, c.get(ctx, "/v1/info", &info)
+	return info, c.Do(ctx, http.MethodGet, "/v1/info", nil, nil, &info)
 }
 
-func (c *Client) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+// Do sends a request to the agent, with body (nil for none) and headers,
+// and decodes its JSON answer into out. An answer other than 200 OK is an
+// error with the agent's message.
+func (c *Client) Do(ctx context.Context, method, path string, body io.Reader, header http.Header, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
 	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	addr := strings.TrimPrefix(c.base, "https://")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("agent at %s: %w", strings.TrimPrefix(c.base, "https://"), err)
+		return fmt.Errorf("agent at %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("agent at %s: %s: %s", strings.TrimPrefix(c.base, "https://"), resp.Status, strings.TrimSpace(string(b)))
+		e := &StatusError{Addr: addr, Status: resp.Status}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &e.Fields) != nil || e.Fields["error"] == "" {
+			e.Fields = map[string]string{"error": strings.TrimSpace(string(b))}
+		}
+		return e
+	}
+	if out == nil {
+		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -207,3 +207,25 @@ func Images(dir string) (map[int]*image.Context, error) {
 	}
 	return imgs, nil
 }
+
+// HeldIDs are the RDMA IDs (QPNs, MR and MW keys, SRQ and AH numbers)
+// that process pid and its descendants hold, by uverbs device: what a
+// host must have free to take the processes over.
+func HeldIDs(pid int) (map[string][]rdma.ID, error) {
+	held := map[string][]rdma.ID{}
+	for _, p := range tree(pid) {
+		ctxs, err := rdma.OpenPID(p)
+		if err != nil {
+			continue // gone
+		}
+		for _, c := range ctxs {
+			d, err := c.Dump()
+			c.Close()
+			if err != nil {
+				return nil, fmt.Errorf("RDMA objects of process %d: %w", p, err)
+			}
+			held[d.Path] = append(held[d.Path], d.IDs()...)
+		}
+	}
+	return held, nil
+}

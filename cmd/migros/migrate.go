@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/migros/migros/runtime/agent"
+	"github.com/migros/migros/runtime/container"
+	"github.com/migros/migros/runtime/install"
+	"github.com/migros/migros/runtime/migrate"
+)
+
+// migrateCmd moves a container to another host's agent and reports each
+// phase's time.
+func migrateCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("migrate", flag.ExitOnError)
+	to := fs.String("to", "", "the destination's agent, HOST[:PORT] (required)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	address := fs.String("address", container.DefaultAddress, "containerd's socket")
+	ns := fs.String("namespace", "default", "containerd namespace")
+	pki := fs.String("pki", install.Beside().PKIDir(), "this host's agent identity")
+	// Flags may follow the container's name.
+	var id string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		id, args = args[0], args[1:]
+	}
+	fs.Parse(args)
+	if id == "" && fs.NArg() == 1 {
+		id = fs.Arg(0)
+	}
+	if id == "" || *to == "" {
+		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--json]")
+	}
+	ident, err := agent.LoadIdentity(*pki)
+	if err != nil {
+		return err
+	}
+	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident}
+	if !*asJSON {
+		o.Progress = func(p string) { fmt.Fprintf(os.Stderr, "migrate %s: %s\n", id, p) }
+	}
+	rep, err := migrate.Migrate(ctx, o)
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(rep); jerr != nil {
+			return jerr
+		}
+	} else {
+		printReport(rep)
+	}
+	return err
+}
+
+func printReport(r *migrate.Report) {
+	fmt.Printf("container %s: %s -> %s\n", r.Container, r.From, r.To)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	for _, p := range r.Phases {
+		fmt.Fprintf(w, "  %s\t%.1f ms\t\n", p.Name, p.MS)
+	}
+	w.Flush()
+	if r.Error == "" {
+		fmt.Printf("blackout %.1f ms, total %.1f ms, checkpoint %.1f MiB\n", r.BlackoutMS, r.TotalMS, float64(r.Bytes)/(1<<20))
+	} else {
+		state := "the source was NOT given back"
+		if r.RolledBack {
+			state = "the source runs again"
+		}
+		fmt.Printf("FAILED in %s (%s): %s\n", r.FailedPhase, state, r.Error)
+	}
+	for _, n := range r.Notes {
+		fmt.Printf("note: %s\n", n)
+	}
+}

@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/migros/migros/rdma"
+	"github.com/migros/migros/runtime/agent"
+)
+
+// Request is what a migration's source tells its destination, first to
+// check that the container can move there (preflight), then with the
+// container's checkpoint (restore).
+type Request struct {
+	ID         string `json:"id"`         // the container
+	Checkpoint string `json:"checkpoint"` // its checkpoint's image name
+	Image      string `json:"image"`      // the image it runs
+	Runtime    string `json:"runtime"`
+	RxeVersion string `json:"rxe_version"` // the source's MigrOS rxe
+	// IDs are the RDMA IDs the container holds, by uverbs device.
+	IDs map[string][]rdma.ID `json:"ids"`
+	// Memory is what the container's cgroup uses, in bytes: about what
+	// its checkpoint takes on disk, and its restore in memory.
+	Memory int64  `json:"memory"`
+	Net    *Netns `json:"net,omitempty"`
+}
+
+// Result is the destination's account of a restore.
+type Result struct {
+	Import  time.Duration `json:"import_ns"`  // receiving the checkpoint
+	Restore time.Duration `json:"restore_ns"` // the container made and restored
+	Bytes   int64         `json:"bytes"`
+	PID     uint32        `json:"pid"`
+}
+
+// Destination takes containers in on this host, for the agent.
+type Destination struct {
+	Address   string // containerd's socket
+	Namespace string // containerd namespace
+	// Uplink is the interface the links of a container's network
+	// namespace are made on.
+	Uplink string
+	// Root is where containerd keeps its data (for the disk check).
+	Root string
+}
+
+// Routes are the agent's migration calls.
+func (d *Destination) Routes() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{
+		"POST /v1/preflight": func(w http.ResponseWriter, r *http.Request) {
+			var req Request
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+				agent.WriteError(w, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err))
+				return
+			}
+			if err := d.Preflight(r.Context(), &req); err != nil {
+				agent.WriteError(w, err)
+				return
+			}
+			agent.WriteJSON(w, http.StatusOK, struct{}{})
+		},
+		// The request is in the header, the body is the checkpoint (an
+		// OCI archive of it).
+		"POST /v1/restore": func(w http.ResponseWriter, r *http.Request) {
+			var req Request
+			if err := json.Unmarshal([]byte(r.Header.Get(requestHeader)), &req); err != nil {
+				agent.WriteError(w, fmt.Errorf("%w: %s: %w", errdefs.ErrInvalidArgument, requestHeader, err))
+				return
+			}
+			res, err := d.Restore(r.Context(), &req, r.Body)
+			if err != nil {
+				agent.WriteError(w, err)
+				return
+			}
+			agent.WriteJSON(w, http.StatusOK, res)
+		},
+	}
+}
+
+// requestHeader carries a restore's Request.
+const requestHeader = "Migros-Request"
+
+func (d *Destination) client(ctx context.Context) (*containerd.Client, context.Context, error) {
+	c, err := dial(d.Address)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, namespaces.WithNamespace(ctx, d.Namespace), nil
+}
+
+// dial is a client of the containerd at address.
+func dial(address string) (*containerd.Client, error) {
+	// containerd.New waits for a socket that is not there.
+	if _, err := os.Stat(address); err != nil {
+		return nil, fmt.Errorf("containerd: %w", err)
+	}
+	c, err := containerd.New(address)
+	if err != nil {
+		return nil, fmt.Errorf("containerd at %s: %w", address, err)
+	}
+	return c, nil
+}
+
+// Preflight checks, before the source freezes anything, that the
+// container can be restored here: the same MigrOS rxe, its image, its
+// ID and RDMA IDs free, room for it in memory and on disk, and its
+// network namespace free to be made.
+func (d *Destination) Preflight(ctx context.Context, req *Request) error {
+	var errs []error
+	if v := agent.HostInfo().RxeVersion; v != req.RxeVersion {
+		errs = append(errs, fmt.Errorf("rdma_rxe here is MigrOS %q, the source's %q", v, req.RxeVersion))
+	}
+	client, ctx, err := d.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	if _, err := client.LoadContainer(ctx, req.ID); err == nil {
+		errs = append(errs, fmt.Errorf("a container %s exists here", req.ID))
+	}
+	if _, err := client.GetImage(ctx, req.Image); err != nil {
+		errs = append(errs, fmt.Errorf("image %s: %w", req.Image, err))
+	}
+	for dev, ids := range req.IDs {
+		c, err := rdma.OpenDevice(dev)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("device %s: %w", dev, err))
+			continue
+		}
+		res, err := c.CheckIDs(ids)
+		c.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("device %s: %w", dev, err))
+		}
+		for _, e := range res {
+			if e != nil {
+				errs = append(errs, fmt.Errorf("device %s: %w", dev, e))
+			}
+		}
+	}
+	if avail, err := memAvailable(); err == nil && avail < req.Memory {
+		errs = append(errs, fmt.Errorf("%d MiB of memory available, the container uses %d MiB", avail>>20, req.Memory>>20))
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(d.Root, &st); err == nil && int64(st.Bavail)*st.Bsize < req.Memory {
+		errs = append(errs, fmt.Errorf("%d MiB free in %s, the checkpoint needs about %d MiB",
+			int64(st.Bavail)*st.Bsize>>20, d.Root, req.Memory>>20))
+	}
+	if req.Net != nil {
+		for _, dir := range netnsDirs {
+			if _, err := os.Stat(filepath.Join(dir, req.Net.Name)); err == nil {
+				errs = append(errs, fmt.Errorf("network namespace %s exists here", req.Net.Name))
+				break
+			}
+		}
+		if _, err := os.Stat(filepath.Join("/sys/class/net", d.Uplink)); err != nil {
+			errs = append(errs, fmt.Errorf("uplink %q for the container's network: %w", d.Uplink, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: pre-flight on %s: %w", errdefs.ErrFailedPrecondition, agent.HostInfo().Host, err)
+	}
+	return nil
+}
+
+// memAvailable is the host's MemAvailable, in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
+}
+
+// PhaseError is an error of a migration's phase on the destination.
+type PhaseError struct {
+	Phase string
+	Err   error
+}
+
+func (e *PhaseError) Error() string { return e.Err.Error() }
+func (e *PhaseError) Unwrap() error { return e.Err }
+
+// ErrorFields tells the source which phase failed.
+func (e *PhaseError) ErrorFields() map[string]string { return map[string]string{"phase": e.Phase} }
+
+// countingReader counts what is read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Restore takes the container's checkpoint from r, makes its network
+// namespace and restores it, running, with its RDMA state (the runtime's
+// shim does that part). A failure removes whatever it made; its error is
+// a *PhaseError.
+func (d *Destination) Restore(ctx context.Context, req *Request, r io.Reader) (*Result, error) {
+	res := &Result{}
+	err := d.restore(ctx, req, r, res)
+	if err != nil {
+		phase := PhaseRestore
+		if res.Import == 0 {
+			phase = PhaseTransfer
+		}
+		return nil, &PhaseError{phase, err}
+	}
+	return res, nil
+}
+
+func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, res *Result) (err error) {
+	client, ctx, err := d.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	var undo []func(context.Context) error
+	defer func() {
+		if err == nil {
+			return
+		}
+		uctx := context.WithoutCancel(ctx)
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](uctx); uerr != nil {
+				log.G(ctx).WithError(uerr).Warnf("migration of %s: cleaning up", req.ID)
+			}
+		}
+	}()
+	start := time.Now()
+	cr := &countingReader{r: r}
+	imgs, err := client.Import(ctx, cr)
+	if err != nil {
+		return fmt.Errorf("receiving the checkpoint of %s: %w", req.ID, err)
+	}
+	undo = append(undo, func(ctx context.Context) error {
+		for _, i := range imgs {
+			if err := client.ImageService().Delete(ctx, i.Name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	res.Import, res.Bytes = time.Since(start), cr.n
+	start = time.Now()
+	img, err := client.GetImage(ctx, req.Checkpoint)
+	if err != nil {
+		return fmt.Errorf("checkpoint %s not in what was received: %w", req.Checkpoint, err)
+	}
+	if req.Net != nil {
+		if err := req.Net.create(ctx, d.Uplink); err != nil {
+			return fmt.Errorf("network namespace of %s: %w", req.ID, err)
+		}
+		undo = append(undo, req.Net.remove)
+	}
+	c, err := client.Restore(ctx, req.ID, img, containerd.WithRestoreImage, containerd.WithRestoreSpec,
+		containerd.WithRestoreRuntime, containerd.WithRestoreRW)
+	if err != nil {
+		return fmt.Errorf("container %s from its checkpoint: %w", req.ID, err)
+	}
+	undo = append(undo, func(ctx context.Context) error { return c.Delete(ctx, containerd.WithSnapshotCleanup) })
+	// Its stdio are pipes again, as ctr run -d gives them: not files of
+	// this host's mounts (the null device cio.NullIO opens in the shim),
+	// which the container's next checkpoint could not dump. Its output
+	// is discarded.
+	io := cio.NewCreator(cio.WithStreams(strings.NewReader(""), io.Discard, io.Discard))
+	task, err := c.NewTask(ctx, io, containerd.WithTaskCheckpoint(img))
+	if err != nil {
+		return fmt.Errorf("restoring container %s: %w", req.ID, err)
+	}
+	undo = append(undo, func(ctx context.Context) error {
+		_, err := task.Delete(ctx, containerd.WithProcessKill)
+		return err
+	})
+	if err := task.Start(ctx); err != nil {
+		return fmt.Errorf("restoring container %s: %w", req.ID, err)
+	}
+	res.Restore, res.PID = time.Since(start), task.Pid()
+	// The checkpoint has served; the container keeps what it needs.
+	for _, i := range imgs {
+		_ = client.ImageService().Delete(ctx, i.Name)
+	}
+	return nil
+}
