@@ -45,6 +45,18 @@ func startAgent(ctx context.Context, t *testing.T, g *lab.Guest, pki string, arg
 	return out
 }
 
+// removeMoved removes, at the test's end, container id and its network
+// namespace from every guest it may be on.
+func removeMoved(t *testing.T, id string, gs ...*lab.Guest) {
+	t.Cleanup(func() {
+		ctx := testContext(t, 2*time.Minute)
+		for _, g := range gs {
+			g.RemoveContainer(ctx, id)
+			_ = g.Run(ctx, "ip", "netns", "del", appNS)
+		}
+	})
+}
+
 // migrateTo moves container id from one guest to another with migros
 // migrate, and checks its report.
 func migrateTo(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki string) migrate.Report {
@@ -86,13 +98,7 @@ func TestMigrate(t *testing.T) {
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
 	const id = "e2e-migrate"
 	pki := agentPKI(t, src, dst)
-	t.Cleanup(func() {
-		ctx := testContext(t, 2*time.Minute)
-		for _, g := range []*lab.Guest{src, dst} {
-			g.RemoveContainer(ctx, id)
-			_ = g.Run(ctx, "ip", "netns", "del", appNS)
-		}
-	})
+	removeMoved(t, id, src, dst)
 	startAgent(ctx, t, src, pki)
 	startAgent(ctx, t, dst, pki)
 	m := startMover(ctx, t, src, peer, id)
@@ -114,13 +120,7 @@ func TestMigrateRollback(t *testing.T) {
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
 	const id = "e2e-migrate-back"
 	pki := agentPKI(t, src, dst)
-	t.Cleanup(func() {
-		ctx := testContext(t, 2*time.Minute)
-		for _, g := range []*lab.Guest{src, dst} {
-			g.RemoveContainer(ctx, id)
-			_ = g.Run(ctx, "ip", "netns", "del", appNS)
-		}
-	})
+	removeMoved(t, id, src, dst)
 	startAgent(ctx, t, dst, pki, "--uplink", "lo")
 	m := startMover(ctx, t, src, peer, id)
 	time.Sleep(3 * time.Second)
