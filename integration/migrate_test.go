@@ -76,7 +76,7 @@ func migrateTo(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki s
 	if got := strings.Join(names, " "); got != "preflight freeze checkpoint transfer restore cleanup" {
 		t.Errorf("phases %q", got)
 	}
-	if rep.Error != "" || rep.BlackoutMS <= 0 || rep.TotalMS < rep.BlackoutMS || rep.Bytes <= 0 {
+	if rep.Error != "" || rep.BlackoutMS <= 0 || rep.TotalMS < rep.BlackoutMS || rep.Bytes <= 0 || rep.ToHost != to.Name {
 		t.Errorf("report %+v", rep)
 	}
 	if st := taskStatus(ctx, t, to, id); st != "RUNNING" {

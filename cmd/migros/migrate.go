@@ -45,7 +45,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 	}
 	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident}
 	if !*asJSON {
-		o.Progress = func(p string) { fmt.Fprintf(os.Stderr, "migrate %s: %s\n", id, p) }
+		o.Progress = func(p migrate.Progress) { fmt.Fprintf(os.Stderr, "migrate %s: %v\n", id, p) }
 	}
 	rep, err := migrate.Migrate(ctx, o)
 	if *asJSON {
@@ -61,7 +61,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 }
 
 func printReport(r *migrate.Report) {
-	fmt.Printf("container %s: %s -> %s\n", r.Container, r.From, r.To)
+	fmt.Printf("container %s: %s -> %s (%s)\n", r.Container, r.From, r.ToHost, r.To)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	for _, p := range r.Phases {
 		fmt.Fprintf(w, "  %s\t%.1f ms\t\n", p.Name, p.MS)
@@ -71,8 +71,11 @@ func printReport(r *migrate.Report) {
 		fmt.Printf("blackout %.1f ms, total %.1f ms, checkpoint %.1f MiB\n", r.BlackoutMS, r.TotalMS, float64(r.Bytes)/(1<<20))
 	} else {
 		state := "the source was NOT given back"
-		if r.RolledBack {
+		switch {
+		case r.RolledBack:
 			state = "the source runs again"
+		case r.FailedPhase == migrate.PhaseCleanup:
+			state = "the container runs on the destination; the source's leftovers need removing"
 		}
 		fmt.Printf("FAILED in %s (%s): %s\n", r.FailedPhase, state, r.Error)
 	}

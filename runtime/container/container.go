@@ -9,6 +9,8 @@ package container
 import (
 	"context"
 	"fmt"
+	"io"
+	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -19,10 +21,18 @@ import (
 // DefaultAddress is containerd's socket.
 const DefaultAddress = "/run/containerd/containerd.sock"
 
+// RestoredIO is the stdio of a restored task: pipes, as ctr run -d
+// gives a container, whose output is discarded (a restored process keeps
+// the other files it had). Not cio.NullIO: that is the null device the
+// shim opens in the host's mounts, which CRIU cannot find in the
+// container, so the task's next checkpoint would fail.
+func RestoredIO() cio.Creator {
+	return cio.NewCreator(cio.WithStreams(strings.NewReader(""), io.Discard, io.Discard))
+}
+
 // RestoreTask creates and starts the task of container id, whose task
 // must not exist, from the task checkpoint image ref, in containerd
-// namespace ns. The task's I/O goes nowhere: a restored process keeps the
-// files it had. Under io.containerd.migros.v1 the restore rebuilds the
+// namespace ns, with RestoredIO. Under io.containerd.migros.v1 the restore rebuilds the
 // RDMA state of the container's processes and resumes their QPs. CRIU
 // works, and leaves its log, in workDir if not empty (else in the task's
 // bundle, which a failed restore removes). It returns the task's pid.
@@ -50,7 +60,7 @@ func RestoreTask(ctx context.Context, address, ns, id, ref, workDir string) (uin
 	if workDir != "" {
 		opts = append(opts, containerd.WithRestoreWorkPath(workDir))
 	}
-	task, err := c.NewTask(ctx, cio.NullIO, opts...)
+	task, err := c.NewTask(ctx, RestoredIO(), opts...)
 	if err != nil {
 		return 0, fmt.Errorf("restoring container %s from %s: %w", id, ref, err)
 	}

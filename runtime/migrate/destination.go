@@ -13,10 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -24,6 +24,7 @@ import (
 
 	"github.com/migros/migros/rdma"
 	"github.com/migros/migros/runtime/agent"
+	"github.com/migros/migros/runtime/container"
 )
 
 // Request is what a migration's source tells its destination, first to
@@ -211,14 +212,17 @@ func (e *PhaseError) ErrorFields() map[string]string { return map[string]string{
 // countingReader counts what is read through it.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
+
+// sent is what was read so far.
+func (c *countingReader) sent() int64 { return c.n.Load() }
 
 // Restore takes the container's checkpoint from r, makes its network
 // namespace and restores it, running, with its RDMA state (the runtime's
@@ -269,7 +273,7 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, re
 		}
 		return nil
 	})
-	res.Import, res.Bytes = time.Since(start), cr.n
+	res.Import, res.Bytes = time.Since(start), cr.sent()
 	start = time.Now()
 	img, err := client.GetImage(ctx, req.Checkpoint)
 	if err != nil {
@@ -287,12 +291,7 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, re
 		return fmt.Errorf("container %s from its checkpoint: %w", req.ID, err)
 	}
 	undo = append(undo, func(ctx context.Context) error { return c.Delete(ctx, containerd.WithSnapshotCleanup) })
-	// Its stdio are pipes again, as ctr run -d gives them: not files of
-	// this host's mounts (the null device cio.NullIO opens in the shim),
-	// which the container's next checkpoint could not dump. Its output
-	// is discarded.
-	io := cio.NewCreator(cio.WithStreams(strings.NewReader(""), io.Discard, io.Discard))
-	task, err := c.NewTask(ctx, io, containerd.WithTaskCheckpoint(img))
+	task, err := c.NewTask(ctx, container.RestoredIO(), containerd.WithTaskCheckpoint(img))
 	if err != nil {
 		return fmt.Errorf("restoring container %s: %w", req.ID, err)
 	}

@@ -44,8 +44,23 @@ type Options struct {
 	ID        string // the container
 	To        string // the destination's agent, HOST[:PORT]
 	Identity  *agent.Identity
-	// Progress, if set, hears of each phase as it starts.
-	Progress func(phase string)
+	// Progress, if set, hears of each phase as it starts and, during the
+	// transfer, of the bytes sent, about once a second.
+	Progress func(Progress)
+}
+
+// Progress is where a migration is.
+type Progress struct {
+	Phase string
+	Bytes int64   // sent so far (transfer)
+	Rate  float64 // bytes per second over the transfer so far
+}
+
+func (p Progress) String() string {
+	if p.Bytes == 0 {
+		return p.Phase
+	}
+	return fmt.Sprintf("%s: %.1f MiB sent, %.1f MiB/s", p.Phase, float64(p.Bytes)/(1<<20), p.Rate/(1<<20))
 }
 
 // Phase is a step of a migration and what it took.
@@ -58,7 +73,8 @@ type Phase struct {
 type Report struct {
 	Container string  `json:"container"`
 	From      string  `json:"from"`
-	To        string  `json:"to"`
+	To        string  `json:"to"`      // the destination's agent, as dialled
+	ToHost    string  `json:"to_host"` // its host's name
 	Phases    []Phase `json:"phases"`
 	// BlackoutMS: from the freeze until the container runs on the
 	// destination.
@@ -100,9 +116,7 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 
 // run runs phase name, adding its time to rep; a failure is the phase's.
 func (rep *Report) run(o Options, name string, f func() error) error {
-	if o.Progress != nil {
-		o.Progress(name)
-	}
+	o.progress(Progress{Phase: name})
 	t := time.Now()
 	err := f()
 	rep.Phases = append(rep.Phases, Phase{name, ms(time.Since(t))})
@@ -130,6 +144,11 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	)
 	if err := rep.run(o, PhasePreflight, func() error {
 		var err error
+		info, err := dest.Info(ctx)
+		if err != nil {
+			return err
+		}
+		rep.ToHost = info.Host
 		c, task, req, err = describe(ctx, client, o.ID, rep)
 		if err != nil {
 			return err
@@ -185,10 +204,8 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 
 	var res Result
 	t := time.Now()
-	if o.Progress != nil {
-		o.Progress(PhaseTransfer + " and " + PhaseRestore + " (destination)")
-	}
-	if err := send(ctx, client, dest, req, &res); err != nil {
+	o.progress(Progress{Phase: PhaseTransfer + " and " + PhaseRestore + " (destination)"})
+	if err := send(ctx, client, dest, req, &res, o.progress); err != nil {
 		// The destination says which of its phases failed; without an
 		// answer, the checkpoint did not get there.
 		rep.FailedPhase = PhaseTransfer
@@ -292,8 +309,16 @@ func jsonBody(v any) io.Reader {
 	return strings.NewReader(string(b))
 }
 
-// send streams the checkpoint to the destination, which restores it.
-func send(ctx context.Context, client *containerd.Client, dest *agent.Client, req *Request, res *Result) error {
+func (o Options) progress(p Progress) {
+	if o.Progress != nil {
+		o.Progress(p)
+	}
+}
+
+// send streams the checkpoint to the destination, which restores it,
+// telling progress what it sent.
+func send(ctx context.Context, client *containerd.Client, dest *agent.Client, req *Request, res *Result,
+	progress func(Progress)) error {
 	hdr, err := json.Marshal(req)
 	if err != nil {
 		return err
@@ -304,5 +329,22 @@ func send(ctx context.Context, client *containerd.Client, dest *agent.Client, re
 			archive.WithSkipDockerManifest()))
 	}()
 	defer pr.CloseWithError(syscall.ECANCELED)
-	return dest.Do(ctx, http.MethodPost, "/v1/restore", pr, http.Header{requestHeader: {string(hdr)}}, res)
+	body := &countingReader{r: pr}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		start := time.Now()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				n := body.sent()
+				progress(Progress{Phase: PhaseTransfer, Bytes: n, Rate: float64(n) / time.Since(start).Seconds()})
+			}
+		}
+	}()
+	return dest.Do(ctx, http.MethodPost, "/v1/restore", body, http.Header{requestHeader: {string(hdr)}}, res)
 }

@@ -80,7 +80,7 @@ func TestRoutes(t *testing.T) {
 func TestReportRun(t *testing.T) {
 	rep := &Report{}
 	var heard []string
-	o := Options{Progress: func(p string) { heard = append(heard, p) }}
+	o := Options{Progress: func(p Progress) { heard = append(heard, p.String()) }}
 	if err := rep.run(o, PhaseFreeze, func() error { return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -91,5 +91,19 @@ func TestReportRun(t *testing.T) {
 	}
 	if len(rep.Phases) != 2 || strings.Join(heard, ",") != "freeze,checkpoint" {
 		t.Fatalf("phases %+v, heard %v", rep.Phases, heard)
+	}
+}
+
+func TestProgressString(t *testing.T) {
+	for _, tc := range []struct {
+		p    Progress
+		want string
+	}{
+		{Progress{Phase: PhaseFreeze}, "freeze"},
+		{Progress{Phase: PhaseTransfer, Bytes: 3 << 20, Rate: 1.5 * (1 << 20)}, "transfer: 3.0 MiB sent, 1.5 MiB/s"},
+	} {
+		if got := tc.p.String(); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.p, got, tc.want)
+		}
 	}
 }
