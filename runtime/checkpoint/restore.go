@@ -42,6 +42,17 @@ func Preflight(imgs map[int]*image.Context) error {
 		}
 		byDevice[c.Device] = append(byDevice[c.Device], c.Objects.IDs()...)
 	}
+	for _, err := range CheckFree(byDevice) {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrPreflight, err))
+	}
+	return errors.Join(errs...)
+}
+
+// CheckFree checks that each device of byDevice exists, runs MigrOS'
+// rdma_rxe and has its IDs free; it returns one error per problem, each
+// naming its device, devices in order.
+func CheckFree(byDevice map[string][]rdma.ID) []error {
+	var errs []error
 	devices := make([]string, 0, len(byDevice))
 	for d := range byDevice {
 		devices = append(devices, d)
@@ -50,22 +61,22 @@ func Preflight(imgs map[int]*image.Context) error {
 	for _, d := range devices {
 		c, err := rdma.OpenDevice(d)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%w: device %s: %w", ErrPreflight, d, err))
+			errs = append(errs, fmt.Errorf("device %s: %w", d, err))
 			continue
 		}
 		res, err := c.CheckIDs(byDevice[d])
 		c.Close()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%w: device %s: %w", ErrPreflight, d, err))
+			errs = append(errs, fmt.Errorf("device %s: %w", d, err))
 			continue
 		}
 		for _, e := range res {
 			if e != nil {
-				errs = append(errs, fmt.Errorf("%w: device %s: %w", ErrPreflight, d, e))
+				errs = append(errs, fmt.Errorf("device %s: %w", d, e))
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // Restore restores the checkpoint in o.ImagesDir with CRIU; MigrOS' plugin

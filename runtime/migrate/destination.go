@@ -24,6 +24,7 @@ import (
 
 	"github.com/migros/migros/rdma"
 	"github.com/migros/migros/runtime/agent"
+	"github.com/migros/migros/runtime/checkpoint"
 	"github.com/migros/migros/runtime/container"
 )
 
@@ -140,23 +141,7 @@ func (d *Destination) Preflight(ctx context.Context, req *Request) error {
 	if _, err := client.GetImage(ctx, req.Image); err != nil {
 		errs = append(errs, fmt.Errorf("image %s: %w", req.Image, err))
 	}
-	for dev, ids := range req.IDs {
-		c, err := rdma.OpenDevice(dev)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("device %s: %w", dev, err))
-			continue
-		}
-		res, err := c.CheckIDs(ids)
-		c.Close()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("device %s: %w", dev, err))
-		}
-		for _, e := range res {
-			if e != nil {
-				errs = append(errs, fmt.Errorf("device %s: %w", dev, e))
-			}
-		}
-	}
+	errs = append(errs, checkpoint.CheckFree(req.IDs)...)
 	if avail, err := memAvailable(); err == nil && avail < req.Memory {
 		errs = append(errs, fmt.Errorf("%d MiB of memory available, the container uses %d MiB", avail>>20, req.Memory>>20))
 	}
