@@ -5,7 +5,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/migros/migros/integration/lab"
+	"github.com/migros/migros/runtime/checkpoint"
 )
 
 // holdPoint is one measurement: rdmacheck -H on src holding qps connected
@@ -35,30 +35,11 @@ func msDur(s string) time.Duration {
 	return time.Duration(v * float64(time.Millisecond))
 }
 
-// pluginTime sums, over a CRIU log, the time from each call of MigrOS'
-// plugin to the next log line: the RDMA work inside a dump or restore.
+// pluginTime is the time inside MigrOS' plugin hooks of a CRIU log: the
+// RDMA work inside a dump or restore.
 func pluginTime(log string) time.Duration {
-	stamp := regexp.MustCompile(`^\((\d+)\.(\d+)\)`)
-	var total time.Duration
-	var inHook bool
-	var last time.Duration
-	sc := bufio.NewScanner(strings.NewReader(log))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		m := stamp.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		sec, _ := strconv.Atoi(m[1])
-		us, _ := strconv.Atoi(m[2])
-		t := time.Duration(sec)*time.Second + time.Duration(us)*time.Microsecond
-		if inHook {
-			total += t - last
-		}
-		inHook = strings.Contains(sc.Text(), "plugin: `migros' hook")
-		last = t
-	}
-	return total
+	t, _ := checkpoint.LogTimes(strings.NewReader(log))
+	return t.RDMA
 }
 
 func runHold(ctx context.Context, b testing.TB, src, peer *lab.Guest, p *holdPoint, n int) {

@@ -162,7 +162,7 @@ func counterLifecycle(t *testing.T, runtime string) {
 }
 
 // taskStatus is what ctr task list says of task id.
-func taskStatus(ctx context.Context, t *testing.T, g *lab.Guest, id string) string {
+func taskStatus(ctx context.Context, t testing.TB, g *lab.Guest, id string) string {
 	t.Helper()
 	return ctrColumn(ctx, t, g, "task", id)
 }
@@ -175,7 +175,7 @@ func taskRuntime(ctx context.Context, t *testing.T, g *lab.Guest, id string) str
 
 // ctrColumn is the third column of id's row in ctr KIND list (a task's
 // status, a container's runtime).
-func ctrColumn(ctx context.Context, t *testing.T, g *lab.Guest, kind, id string) string {
+func ctrColumn(ctx context.Context, t testing.TB, g *lab.Guest, kind, id string) string {
 	t.Helper()
 	out, err := g.Output(ctx, "ctr", kind, "list")
 	if err != nil {

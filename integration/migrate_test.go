@@ -8,20 +8,23 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/migros/migros/integration/lab"
+	"github.com/migros/migros/integration/lab/control"
 	"github.com/migros/migros/runtime/agent"
 	"github.com/migros/migros/runtime/migrate"
 )
 
 // agentPKI makes the agents' CA and an identity for each guest, in a
 // directory of the host the guests see.
-func agentPKI(t *testing.T, gs ...*lab.Guest) string {
+func agentPKI(t testing.TB, gs ...*lab.Guest) string {
 	t.Helper()
 	dir := t.TempDir()
 	var hosts []agent.Host
@@ -36,18 +39,25 @@ func agentPKI(t *testing.T, gs ...*lab.Guest) string {
 
 // startAgent runs migros agent on g with its identity in pki; it returns
 // the agent's log.
-func startAgent(ctx context.Context, t *testing.T, g *lab.Guest, pki string, args ...string) *bytes.Buffer {
+func startAgent(ctx context.Context, t testing.TB, g *lab.Guest, pki string, args ...string) *bytes.Buffer {
+	t.Helper()
+	_, out := runAgent(ctx, t, g, pki, args...)
+	return out
+}
+
+// runAgent is startAgent, with the agent's process.
+func runAgent(ctx context.Context, t testing.TB, g *lab.Guest, pki string, args ...string) (*control.Process, *bytes.Buffer) {
 	t.Helper()
 	p, out := start(ctx, t, g, append([]string{"migros", "agent", "--pki", filepath.Join(pki, g.Name)}, args...)...)
 	if err := g.WaitListening(ctx, agent.DefaultPortNumber, p); err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return p, out
 }
 
 // removeMoved removes, at the test's end, container id and its network
 // namespace from every guest it may be on.
-func removeMoved(t *testing.T, id string, gs ...*lab.Guest) {
+func removeMoved(t testing.TB, id string, gs ...*lab.Guest) {
 	t.Cleanup(func() {
 		ctx := testContext(t, 2*time.Minute)
 		for _, g := range gs {
@@ -59,22 +69,37 @@ func removeMoved(t *testing.T, id string, gs ...*lab.Guest) {
 
 // migrateTo moves container id from one guest to another with migros
 // migrate, and checks its report.
-func migrateTo(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki string) migrate.Report {
+func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki string) migrate.Report {
 	t.Helper()
 	out, err := from.Output(ctx, "migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name), "--json")
 	var rep migrate.Report
 	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err != nil {
 		t.Fatalf("migrate %s -> %s: %v (%v)\n%s", from.Name, to.Name, err, jerr, out)
 	}
-	var names []string
+	var names, parts []string
+	took := map[string]float64{}
 	for _, p := range rep.Phases {
-		names = append(names, p.Name)
-		if p.MS <= 0 {
-			t.Errorf("phase %s took %v ms", p.Name, p.MS)
+		// A part may take no time (RDMA work in a container without).
+		if p.MS < 0 || (p.MS == 0 && p.Within == "") {
+			t.Errorf("%s took %v ms", p.Name, p.MS)
+		}
+		if p.Within == "" {
+			names = append(names, p.Name)
+			took[p.Name] = p.MS
+			continue
+		}
+		parts = append(parts, p.Within+"/"+p.Name)
+		if p.MS > took[p.Within] {
+			t.Errorf("%s took %v ms, more than all of %s (%v ms)", p.Name, p.MS, p.Within, took[p.Within])
 		}
 	}
 	if got := strings.Join(names, " "); got != "preflight freeze checkpoint transfer restore cleanup" {
 		t.Errorf("phases %q", got)
+	}
+	// CRIU's run, and in it MigrOS' plugin and the memory dump.
+	if got := strings.Join(parts, " "); got != "checkpoint/criu dump checkpoint/rdma dump checkpoint/memory dump "+
+		"restore/criu restore restore/rdma restore" {
+		t.Errorf("parts of phases %q", got)
 	}
 	if rep.Error != "" || rep.BlackoutMS <= 0 || rep.TotalMS < rep.BlackoutMS || rep.Bytes <= 0 || rep.ToHost != to.Name {
 		t.Errorf("report %+v", rep)
@@ -92,7 +117,8 @@ func migrateTo(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki s
 // A container with ib_write_bw and rdmacheck running against the peer
 // (a mover) moves src -> dst -> src with migros migrate, mid-transfer:
 // both transfers finish, every message intact, no error on the peer; each
-// report has every phase, its blackout and the checkpoint's size.
+// report has every phase, its blackout and the checkpoint's size, and
+// the time of the RDMA dump and restore.
 func TestMigrate(t *testing.T) {
 	ctx := testContext(t, 12*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
@@ -103,52 +129,238 @@ func TestMigrate(t *testing.T) {
 	startAgent(ctx, t, dst, pki)
 	m := startMover(ctx, t, src, peer, id)
 	time.Sleep(3 * time.Second)
-	migrateTo(ctx, t, src, dst, id, pki)
+	reps := []migrate.Report{migrateTo(ctx, t, src, dst, id, pki)}
 	time.Sleep(2 * time.Second)
-	migrateTo(ctx, t, dst, src, id, pki)
+	reps = append(reps, migrateTo(ctx, t, dst, src, id, pki))
 	m.finish(ctx, t, src)
+	// Its RDMA state was dumped and restored, each time.
+	for _, r := range reps {
+		for _, p := range r.Phases {
+			if (p.Name == migrate.PartRDMADump || p.Name == migrate.PartRDMARestore) && p.MS <= 0 {
+				t.Errorf("%s -> %s: %s took %v ms", r.From, r.ToHost, p.Name, p.MS)
+			}
+		}
+	}
 }
 
-// A migration that fails on the destination after the source was frozen
-// (its restore cannot make the container's network: the agent's uplink
-// is lo, where no macvlan can be made) gives the source back: the report
-// names the failed phase, the container runs on src with its QPs no
-// longer Stopped, dst keeps nothing of it, and both transfers finish
-// with every message intact.
-func TestMigrateRollback(t *testing.T) {
-	ctx := testContext(t, 10*time.Minute)
+// A container running rdmacheck -M against the peer (every object type
+// and every RC operation: send/recv, write, read, atomics, each checked,
+// over two connections) moves five times, src -> dst -> src -> dst -> src
+// -> dst, while it runs: both sides check every round, nothing lost,
+// duplicated or corrupted.
+func TestMigrateMixed(t *testing.T) {
+	ctx := testContext(t, 15*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
-	const id = "e2e-migrate-back"
+	const id, rounds = "e2e-migrate-mixed", "5000"
 	pki := agentPKI(t, src, dst)
 	removeMoved(t, id, src, dst)
-	startAgent(ctx, t, dst, pki, "--uplink", "lo")
-	m := startMover(ctx, t, src, peer, id)
-	time.Sleep(3 * time.Second)
-	out, err := src.Output(ctx, "migros", "migrate", id, "--to", dst.Addr(), "--pki", filepath.Join(pki, "src"), "--json")
-	var rep migrate.Report
-	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err == nil {
-		t.Fatalf("migrate: %v (%v)\n%s", err, jerr, out)
+	startAgent(ctx, t, src, pki)
+	startAgent(ctx, t, dst, pki)
+	appNetns(ctx, t, src)
+	args := []string{"-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "20000"}
+	server, serverOut := serve(ctx, t, peer, append([]string{"rdmacheck"}, args...)...)
+	bin, err := src.Output(ctx, "sh", "-c", "command -v rdmacheck")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if rep.FailedPhase != migrate.PhaseRestore || !rep.RolledBack || !strings.Contains(rep.Error, "network namespace") {
-		t.Fatalf("report %+v, want a failed restore, rolled back", rep)
+	script := fmt.Sprintf("%s %s %s >/mixed.out 2>&1; touch /done; exec sleep 3600",
+		strings.TrimSpace(bin), strings.Join(args, " "), peer.Addr())
+	startInContainer(ctx, t, src, lab.Container{ID: id, Runtime: migrosRuntime, NetNS: appNS,
+		Annotations: map[string]string{"io.migros.rdma": "true"}}, "sh", "-c", script)
+	time.Sleep(3 * time.Second)
+	at, other := src, dst
+	for i := 0; i < 5; i++ {
+		select {
+		case <-server.Done():
+			t.Fatalf("the peer's rdmacheck ended before migration %d:\n%s", i+1, serverOut.String())
+		default:
+		}
+		migrateTo(ctx, t, at, other, id, pki)
+		at, other = other, at
+		time.Sleep(2 * time.Second)
+	}
+	waitOK(t, "the peer's rdmacheck", server, serverOut, 5*time.Minute)
+	var moved string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if at.Run(ctx, "ctr", "task", "exec", "--exec-id", fmt.Sprint("done-", time.Now().UnixNano()), id, "test", "-e", "/done") == nil {
+			moved, _ = at.Output(ctx, "ctr", "task", "exec", "--exec-id", "report", id, "cat", "/mixed.out")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the container's rdmacheck did not finish")
+		}
+	}
+	mixedDone(t, rounds, map[string]string{"peer": serverOut.String(), "moved": moved})
+}
+
+// lockedBuffer is a buffer written by one goroutine while another reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// failMigration runs migros migrate of id from one guest to another with
+// env and args added, calls inject (if set) once the source says it is
+// sending the checkpoint, and returns the report of the failure it must
+// end in.
+func failMigration(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki string, env []string,
+	inject func(), args ...string) migrate.Report {
+	t.Helper()
+	var stdout, stderr lockedBuffer
+	argv := append([]string{"migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name), "--json"}, args...)
+	p, err := from.Start(ctx, &control.Cmd{Argv: argv, Env: env, Stdout: &stdout, Stderr: &stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inject != nil {
+		for !strings.Contains(stderr.String(), "MiB sent") {
+			select {
+			case <-p.Done():
+				t.Fatalf("migrate ended before sending:\n%s", stderr.String())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		inject()
+	}
+	err = p.Wait()
+	var rep migrate.Report
+	if jerr := json.Unmarshal([]byte(stdout.String()), &rep); jerr != nil || err == nil {
+		t.Fatalf("migrate: %v (%v)\n%s\n%s", err, jerr, stdout.String(), stderr.String())
 	}
 	t.Logf("report: %+v", rep)
+	return rep
+}
+
+// givenBack checks that a failed migration left container id running on
+// src with its traffic flowing (its QPs not Stopped, their PSNs moving)
+// and nothing of it on dst (waiting for dst to clean up).
+func givenBack(ctx context.Context, t *testing.T, src, dst *lab.Guest, id string) {
+	t.Helper()
 	if st := taskStatus(ctx, t, src, id); st != "RUNNING" {
 		t.Fatalf("container is %s on src after the failed migration", st)
 	}
-	for _, q := range listQPs(ctx, t, src, pidOf(ctx, t, src, "rdmacheck")) {
+	pid := pidOf(ctx, t, src, "rdmacheck")
+	before := listQPs(ctx, t, src, pid)
+	for _, q := range before {
 		if q.Mig.String() == "stopped" {
 			t.Errorf("QP %#x still stopped after the rollback", q.QPN)
 		}
 	}
-	if o, _ := dst.Output(ctx, "ctr", "container", "list", "-q"); strings.Contains(o, id) {
-		t.Errorf("dst kept the container:\n%s", o)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		if now := listQPs(ctx, t, src, pid); now[0].ReqPSN != before[0].ReqPSN {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QP %#x sent nothing for 30 s after the rollback", before[0].QPN)
+		}
 	}
-	if o, _ := dst.Output(ctx, "ip", "netns", "list"); strings.Contains(o, appNS) {
-		t.Errorf("dst kept the network namespace:\n%s", o)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		var left []string
+		if o, _ := dst.Output(ctx, "ctr", "container", "list", "-q"); strings.Contains(o, id) {
+			left = append(left, "container: "+o)
+		}
+		if o, _ := dst.Output(ctx, "ip", "netns", "list"); strings.Contains(o, appNS) {
+			left = append(left, "network namespace: "+o)
+		}
+		if o, _ := dst.Output(ctx, "ctr", "images", "list", "-q"); strings.Contains(o, "migros/migrate") {
+			left = append(left, "checkpoint: "+o)
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dst kept %v", left)
+		}
 	}
-	if o, _ := dst.Output(ctx, "ctr", "images", "list", "-q"); strings.Contains(o, "migros/migrate") {
-		t.Errorf("dst kept the checkpoint:\n%s", o)
+}
+
+// Faults at each phase of a migration, with a container (a mover whose
+// rdmacheck sends a message every 60 ms, for 3 minutes) on src talking to the peer:
+// the destination's disk full before and during the transfer, its agent
+// killed and its link cut during the transfer, a chunk of the stream
+// corrupted, its restore failing. Each time the source keeps (or gets
+// back) the container, running, its QPs resumed and sending; the report
+// names the failed phase; dst keeps nothing. The mover then finishes,
+// every message intact.
+func TestMigrateFaults(t *testing.T) {
+	ctx := testContext(t, 14*time.Minute)
+	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+	const id = "e2e-migrate-faults"
+	pki := agentPKI(t, src, dst)
+	removeMoved(t, id, src, dst)
+	dstAgent, _ := runAgent(ctx, t, dst, pki)
+	m := startPacedMover(ctx, t, src, peer, id, 60*time.Millisecond)
+	sh := func(g *lab.Guest, script string) {
+		t.Helper()
+		if out, err := g.Output(ctx, "sh", "-c", script); err != nil {
+			t.Fatalf("%s: %s: %v\n%s", g.Name, script, err, out)
+		}
+	}
+	// shrink leaves dst's containerd store room for extra KiB.
+	const store = "/var/lib/containerd"
+	shrink := func(extra int) func() {
+		return func() {
+			sh(dst, fmt.Sprintf("mount -o remount,size=$(( $(df -k --output=used %s | tail -1) + %d ))k %s", store, extra, store))
+		}
+	}
+	t.Cleanup(func() { _ = dst.Run(context.Background(), "mount", "-o", "remount,size=50%", store) })
+	slow := []string{"--bandwidth", "0.25"} // 1.3 MB in about 5 s
+
+	for _, tc := range []struct {
+		name   string
+		before func()   // before the migration
+		env    []string // of migros migrate
+		args   []string // more of migros migrate's
+		inject func()   // once the transfer is under way
+		after  func()   // after it failed
+		phase  string
+		errSub string
+	}{
+		{name: "disk full before", before: shrink(64), after: func() { sh(dst, "mount -o remount,size=50% "+store) },
+			phase: migrate.PhasePreflight, errSub: "free in " + store},
+		{name: "disk full during the transfer", args: slow, inject: shrink(64),
+			after: func() { sh(dst, "mount -o remount,size=50% "+store) },
+			phase: migrate.PhaseTransfer, errSub: "no space left on device"},
+		{name: "destination agent killed", args: slow, inject: dstAgent.Kill,
+			after: func() { dstAgent, _ = runAgent(ctx, t, dst, pki) }, phase: migrate.PhaseTransfer},
+		{name: "link cut", args: slow, inject: func() { sh(dst, "ip link set eth0 down") },
+			after: func() { sh(dst, "ip link set eth0 up") }, phase: migrate.PhaseTransfer},
+		{name: "stream corrupted", env: []string{migrate.FaultEnv + "=corrupt-stream@400000"},
+			phase: migrate.PhaseTransfer, errSub: "digest"},
+		// The restore cannot make the container's network: the agent's
+		// uplink is lo, where no macvlan can be made.
+		{name: "restore fails", before: func() {
+			dstAgent.Kill()
+			dstAgent, _ = runAgent(ctx, t, dst, pki, "--uplink", "lo")
+		}, phase: migrate.PhaseRestore, errSub: "network namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.before != nil {
+				tc.before()
+			}
+			rep := failMigration(ctx, t, src, dst, id, pki, tc.env, tc.inject, tc.args...)
+			if tc.after != nil {
+				tc.after()
+			}
+			frozen := tc.phase != migrate.PhasePreflight
+			if rep.FailedPhase != tc.phase || rep.RolledBack != frozen || !strings.Contains(rep.Error, tc.errSub) {
+				t.Errorf("failed in %q (rolled back %v): %s; want %s (rolled back %v) with %q",
+					rep.FailedPhase, rep.RolledBack, rep.Error, tc.phase, frozen, tc.errSub)
+			}
+			givenBack(ctx, t, src, dst, id)
+		})
 	}
 	m.finish(ctx, t, src)
 }

@@ -139,8 +139,15 @@ type mover struct {
 }
 
 // startMover starts the peer's servers and container id on g, in a new
-// appNS.
+// appNS; its rdmacheck sends a message every 5 ms.
 func startMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string) *mover {
+	t.Helper()
+	return startPacedMover(ctx, t, g, peer, id, 5*time.Millisecond)
+}
+
+// startPacedMover is startMover with rdmacheck sending a message every
+// pace.
+func startPacedMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string, pace time.Duration) *mover {
 	t.Helper()
 	m := &mover{id: id, perfIters: 2000, perfSize: 65536}
 	appNetns(ctx, t, g)
@@ -156,8 +163,8 @@ func startMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := fmt.Sprintf("%s %s >/perf.out 2>&1 & %s %s -w 5000 %s >/check.out 2>&1 & wait; touch /done; exec sleep 3600",
-		strings.Join(perf, " "), peer.Addr(), strings.TrimSpace(bin), strings.Join(check[1:], " "), peer.Addr())
+	script := fmt.Sprintf("%s %s >/perf.out 2>&1 & %s %s -w %d %s >/check.out 2>&1 & wait; touch /done; exec sleep 3600",
+		strings.Join(perf, " "), peer.Addr(), strings.TrimSpace(bin), strings.Join(check[1:], " "), pace.Microseconds(), peer.Addr())
 	c := lab.Container{ID: id, Runtime: migrosRuntime, NetNS: appNS, Detach: true,
 		Annotations: map[string]string{"io.migros.rdma": "true"}}
 	run, err := g.RunArgv(ctx, c, "sh", "-c", script)

@@ -179,6 +179,14 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	if opts.WorkPath == "" && r.Path != "" {
+		// CRIU's log goes into the checkpoint: what went wrong, and
+		// where the time went (a migration reports its RDMA dump).
+		opts.WorkPath = r.Path
+		if r.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
+			return nil, grpcError(err)
+		}
+	}
 	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
 	switch {
 	case err == nil && opts.Exit:

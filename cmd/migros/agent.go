@@ -36,6 +36,7 @@ func agentCmd(ctx context.Context, args []string) error {
 	address := fs.String("address", container.DefaultAddress, "containerd's socket")
 	ns := fs.String("namespace", "default", "containerd namespace")
 	root := fs.String("root", "/var/lib/containerd", "containerd's data directory")
+	state := fs.String("state", "/run/containerd", "containerd's state directory")
 	uplink := fs.String("uplink", defaultUplink(), "interface incoming containers' network links are made on")
 	fs.Parse(args)
 	id, err := agent.LoadIdentity(*pki)
@@ -46,7 +47,7 @@ func agentCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	d := &migrate.Destination{Address: *address, Namespace: *ns, Uplink: *uplink, Root: *root}
+	d := &migrate.Destination{Address: *address, Namespace: *ns, Uplink: *uplink, Root: *root, State: *state}
 	s := &agent.Server{ID: id, Info: agent.HostInfo, Routes: d.Routes()}
 	return s.Serve(ctx, l)
 }

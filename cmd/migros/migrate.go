@@ -27,6 +27,8 @@ func migrateCmd(ctx context.Context, args []string) error {
 	address := fs.String("address", container.DefaultAddress, "containerd's socket")
 	ns := fs.String("namespace", "default", "containerd namespace")
 	pki := fs.String("pki", install.Beside().PKIDir(), "this host's agent identity")
+	bw := fs.Float64("bandwidth", 0, "cap the transfer at this many MiB/s (0: no cap)")
+	abort := fs.Bool("abort", false, "give back a container a migration left frozen, not knowing whether the destination runs it")
 	// Flags may follow the container's name.
 	var id string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -36,17 +38,21 @@ func migrateCmd(ctx context.Context, args []string) error {
 	if id == "" && fs.NArg() == 1 {
 		id = fs.Arg(0)
 	}
+	if *abort && id != "" {
+		return migrate.Abort(ctx, *address, *ns, id)
+	}
 	if id == "" || *to == "" {
-		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--json]")
+		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--bandwidth MIB/S] [--json]\n" +
+			"       migros migrate CONTAINER --abort")
 	}
 	ident, err := agent.LoadIdentity(*pki)
 	if err != nil {
 		return err
 	}
-	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident}
-	if !*asJSON {
-		o.Progress = func(p migrate.Progress) { fmt.Fprintf(os.Stderr, "migrate %s: %v\n", id, p) }
-	}
+	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident,
+		Bandwidth: int64(*bw * (1 << 20))}
+	// Progress goes to stderr, the report (text or JSON) to stdout.
+	o.Progress = func(p migrate.Progress) { fmt.Fprintf(os.Stderr, "migrate %s: %v\n", id, p) }
 	rep, err := migrate.Migrate(ctx, o)
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -62,9 +68,13 @@ func migrateCmd(ctx context.Context, args []string) error {
 
 func printReport(r *migrate.Report) {
 	fmt.Printf("container %s: %s -> %s (%s)\n", r.Container, r.From, r.ToHost, r.To)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	for _, p := range r.Phases {
-		fmt.Fprintf(w, "  %s\t%.1f ms\t\n", p.Name, p.MS)
+		indent := "  "
+		if p.Within != "" {
+			indent = "    " // a part of the phase above
+		}
+		fmt.Fprintf(w, "%s%s\t%10.1f ms\n", indent, p.Name, p.MS)
 	}
 	w.Flush()
 	if r.Error == "" {

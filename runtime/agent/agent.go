@@ -44,6 +44,23 @@ func HostInfo() Info {
 	return Info{Host: name, RxeVersion: strings.TrimSpace(string(v))}
 }
 
+// Liveness of the agents' connections: a connection that hears nothing
+// for pingAfter is pinged, and closed if the ping is not answered within
+// pingTimeout, or if nothing can be written to it for writeTimeout. A
+// migration thus learns of a dead agent or a cut link in seconds, while
+// a restore that answers only when done may take minutes.
+const (
+	dialTimeout  = 10 * time.Second
+	pingAfter    = 5 * time.Second
+	pingTimeout  = 10 * time.Second
+	writeTimeout = 20 * time.Second
+)
+
+// http2Config is the HTTP/2 configuration of both ends.
+func http2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{SendPingTimeout: pingAfter, PingTimeout: pingTimeout, WriteByteTimeout: writeTimeout}
+}
+
 // Server is an agent's service.
 type Server struct {
 	ID   *Identity
@@ -113,6 +130,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		Handler:           s.Handler(),
 		TLSConfig:         s.ID.ServerTLS(),
 		ReadHeaderTimeout: 30 * time.Second,
+		HTTP2:             http2Config(),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	go func() {
@@ -143,7 +161,13 @@ func NewClient(id *Identity, addr string) *Client {
 	}
 	return &Client{
 		base: "https://" + addr,
-		http: &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientTLS(), ForceAttemptHTTP2: true}},
+		http: &http.Client{Transport: &http.Transport{
+			TLSClientConfig:     id.ClientTLS(),
+			ForceAttemptHTTP2:   true,
+			HTTP2:               http2Config(),
+			DialContext:         (&net.Dialer{Timeout: dialTimeout}).DialContext,
+			TLSHandshakeTimeout: dialTimeout,
+		}},
 	}
 }
 
@@ -157,6 +181,12 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 // and decodes its JSON answer into out. An answer other than 200 OK is an
 // error with the agent's message.
 func (c *Client) Do(ctx context.Context, method, path string, body io.Reader, header http.Header, out any) error {
+	return c.Send(ctx, method, path, body, header, nil, out)
+}
+
+// Send is Do with trailers: the body fills trailer's values by the time
+// it ends (its keys must be set before).
+func (c *Client) Send(ctx context.Context, method, path string, body io.Reader, header, trailer http.Header, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
@@ -164,6 +194,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body io.Reader, he
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	req.Trailer = trailer
 	addr := strings.TrimPrefix(c.base, "https://")
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -49,8 +49,12 @@ type Request struct {
 type Result struct {
 	Import  time.Duration `json:"import_ns"`  // receiving the checkpoint
 	Restore time.Duration `json:"restore_ns"` // the container made and restored
-	Bytes   int64         `json:"bytes"`
-	PID     uint32        `json:"pid"`
+	// CRIURestore is CRIU's run in Restore, RDMARestore MigrOS' plugin's
+	// in that (0 if CRIU's log could not be read).
+	CRIURestore time.Duration `json:"criu_restore_ns,omitempty"`
+	RDMARestore time.Duration `json:"rdma_restore_ns,omitempty"`
+	Bytes       int64         `json:"bytes"`
+	PID         uint32        `json:"pid"`
 }
 
 // Destination takes containers in on this host, for the agent.
@@ -62,6 +66,11 @@ type Destination struct {
 	Uplink string
 	// Root is where containerd keeps its data (for the disk check).
 	Root string
+	// State is containerd's state directory (where the runc shim keeps
+	// CRIU's restore log).
+	State string
+
+	outcomes outcomes
 }
 
 // Routes are the agent's migration calls.
@@ -87,12 +96,17 @@ func (d *Destination) Routes() map[string]http.HandlerFunc {
 				agent.WriteError(w, fmt.Errorf("%w: %s: %w", errdefs.ErrInvalidArgument, requestHeader, err))
 				return
 			}
-			res, err := d.Restore(r.Context(), &req, r.Body)
+			res, err := d.Restore(r.Context(), &req, r.Body, r.Trailer)
 			if err != nil {
 				agent.WriteError(w, err)
 				return
 			}
 			agent.WriteJSON(w, http.StatusOK, res)
+		},
+		// What became of a restore, for a source that lost its answer.
+		"GET /v1/outcome": func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
+			agent.WriteJSON(w, http.StatusOK, d.Outcome(r.Context(), q.Get("id"), q.Get("checkpoint")))
 		},
 	}
 }
@@ -143,12 +157,12 @@ func (d *Destination) Preflight(ctx context.Context, req *Request) error {
 	}
 	errs = append(errs, checkpoint.CheckFree(req.IDs)...)
 	if avail, err := memAvailable(); err == nil && avail < req.Memory {
-		errs = append(errs, fmt.Errorf("%d MiB of memory available, the container uses %d MiB", avail>>20, req.Memory>>20))
+		errs = append(errs, fmt.Errorf("%s of memory available, the container uses %s", mib(avail), mib(req.Memory)))
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(d.Root, &st); err == nil && int64(st.Bavail)*st.Bsize < req.Memory {
-		errs = append(errs, fmt.Errorf("%d MiB free in %s, the checkpoint needs about %d MiB",
-			int64(st.Bavail)*st.Bsize>>20, d.Root, req.Memory>>20))
+		errs = append(errs, fmt.Errorf("%s free in %s, the checkpoint needs about %s",
+			mib(int64(st.Bavail)*st.Bsize), d.Root, mib(req.Memory)))
 	}
 	if req.Net != nil {
 		for _, dir := range netnsDirs {
@@ -167,6 +181,9 @@ func (d *Destination) Preflight(ctx context.Context, req *Request) error {
 	return nil
 }
 
+// mib is n bytes in MiB.
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
 // memAvailable is the host's MemAvailable, in bytes.
 func memAvailable() (int64, error) {
 	b, err := os.ReadFile("/proc/meminfo")
@@ -182,6 +199,76 @@ func memAvailable() (int64, error) {
 	return 0, errors.New("no MemAvailable in /proc/meminfo")
 }
 
+// Outcome is what became of a restore on the destination.
+type Outcome struct {
+	State  string  `json:"state"`
+	Phase  string  `json:"phase,omitempty"` // where it failed
+	Error  string  `json:"error,omitempty"`
+	Result *Result `json:"result,omitempty"`
+	at     time.Time
+}
+
+// Outcome states.
+const (
+	StateReceiving = "receiving"
+	StateRestoring = "restoring"
+	StateRunning   = "running"
+	StateFailed    = "failed"
+	// StateAbsent: the agent knows of no such restore (it may have
+	// restarted) and the container is not running here.
+	StateAbsent = "absent"
+)
+
+// outcomes are the restores an agent took, by checkpoint, for an hour.
+type outcomes struct {
+	mu sync.Mutex
+	m  map[string]Outcome
+}
+
+func (o *outcomes) set(checkpoint string, out Outcome) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[string]Outcome{}
+	}
+	out.at = time.Now()
+	for k, v := range o.m {
+		if time.Since(v.at) > time.Hour {
+			delete(o.m, k)
+		}
+	}
+	o.m[checkpoint] = out
+}
+
+func (o *outcomes) get(checkpoint string) (Outcome, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out, ok := o.m[checkpoint]
+	return out, ok
+}
+
+// Outcome is what became of the restore of container id from checkpoint.
+// Unknown to this agent, it is running if containerd runs a container id
+// (pre-flight made sure there was none), else absent.
+func (d *Destination) Outcome(ctx context.Context, id, checkpoint string) Outcome {
+	if out, ok := d.outcomes.get(checkpoint); ok {
+		return out
+	}
+	client, ctx, err := d.client(ctx)
+	if err != nil {
+		return Outcome{State: StateAbsent, Error: err.Error()}
+	}
+	defer client.Close()
+	if c, err := client.LoadContainer(ctx, id); err == nil {
+		if task, err := c.Task(ctx, nil); err == nil {
+			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Running {
+				return Outcome{State: StateRunning}
+			}
+		}
+	}
+	return Outcome{State: StateAbsent}
+}
+
 // PhaseError is an error of a migration's phase on the destination.
 type PhaseError struct {
 	Phase string
@@ -194,39 +281,29 @@ func (e *PhaseError) Unwrap() error { return e.Err }
 // ErrorFields tells the source which phase failed.
 func (e *PhaseError) ErrorFields() map[string]string { return map[string]string{"phase": e.Phase} }
 
-// countingReader counts what is read through it.
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// sent is what was read so far.
-func (c *countingReader) sent() int64 { return c.n.Load() }
-
 // Restore takes the container's checkpoint from r, makes its network
 // namespace and restores it, running, with its RDMA state (the runtime's
-// shim does that part). A failure removes whatever it made; its error is
-// a *PhaseError.
-func (d *Destination) Restore(ctx context.Context, req *Request, r io.Reader) (*Result, error) {
+// shim does that part). The stream's digest must match the one trailer
+// has once r ends. Once the checkpoint is here whole, the restore goes on
+// even if ctx ends (the source asks for the Outcome). A failure removes
+// whatever it made; its error is a *PhaseError.
+func (d *Destination) Restore(ctx context.Context, req *Request, r io.Reader, trailer http.Header) (*Result, error) {
+	d.outcomes.set(req.Checkpoint, Outcome{State: StateReceiving})
 	res := &Result{}
-	err := d.restore(ctx, req, r, res)
+	err := d.restore(ctx, req, r, trailer, res)
 	if err != nil {
 		phase := PhaseRestore
 		if res.Import == 0 {
 			phase = PhaseTransfer
 		}
+		d.outcomes.set(req.Checkpoint, Outcome{State: StateFailed, Phase: phase, Error: err.Error()})
 		return nil, &PhaseError{phase, err}
 	}
+	d.outcomes.set(req.Checkpoint, Outcome{State: StateRunning, Result: res})
 	return res, nil
 }
 
-func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, res *Result) (err error) {
+func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, trailer http.Header, res *Result) (err error) {
 	client, ctx, err := d.client(ctx)
 	if err != nil {
 		return err
@@ -245,8 +322,12 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, re
 		}
 	}()
 	start := time.Now()
-	cr := &countingReader{r: r}
-	imgs, err := client.Import(ctx, cr)
+	in := newStream(r, 0)
+	imgs, err := client.Import(ctx, in)
+	if err == nil {
+		// The archive may end before the stream does.
+		_, err = io.Copy(io.Discard, in)
+	}
 	if err != nil {
 		return fmt.Errorf("receiving the checkpoint of %s: %w", req.ID, err)
 	}
@@ -258,7 +339,14 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, re
 		}
 		return nil
 	})
-	res.Import, res.Bytes = time.Since(start), cr.sent()
+	if want, got := trailer.Get(digestTrailer), in.digest(); want != got {
+		return fmt.Errorf("%w: the checkpoint of %s arrived corrupt: its digest is sha256:%s, the source's %q (%d bytes)",
+			errdefs.ErrDataLoss, req.ID, got, "sha256:"+want, in.sent())
+	}
+	res.Import, res.Bytes = time.Since(start), in.sent()
+	// It is all here: the restore goes on without the source.
+	d.outcomes.set(req.Checkpoint, Outcome{State: StateRestoring})
+	ctx = context.WithoutCancel(ctx)
 	start = time.Now()
 	img, err := client.GetImage(ctx, req.Checkpoint)
 	if err != nil {
@@ -288,6 +376,11 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, re
 		return fmt.Errorf("restoring container %s: %w", req.ID, err)
 	}
 	res.Restore, res.PID = time.Since(start), task.Pid()
+	if t, err := restoreTimes(d.State, d.Namespace, req.ID); err == nil {
+		res.CRIURestore, res.RDMARestore = t.CRIU, t.RDMA
+	} else {
+		log.G(ctx).WithError(err).Warnf("migration of %s: no breakdown of the restore", req.ID)
+	}
 	// The checkpoint has served; the container keeps what it needs.
 	for _, i := range imgs {
 		_ = client.ImageService().Delete(ctx, i.Name)

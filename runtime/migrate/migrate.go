@@ -17,11 +17,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -47,6 +47,8 @@ type Options struct {
 	// Progress, if set, hears of each phase as it starts and, during the
 	// transfer, of the bytes sent, about once a second.
 	Progress func(Progress)
+	// Bandwidth caps the transfer, in bytes per second (0: no cap).
+	Bandwidth int64
 }
 
 // Progress is where a migration is.
@@ -63,10 +65,12 @@ func (p Progress) String() string {
 	return fmt.Sprintf("%s: %.1f MiB sent, %.1f MiB/s", p.Phase, float64(p.Bytes)/(1<<20), p.Rate/(1<<20))
 }
 
-// Phase is a step of a migration and what it took.
+// Phase is a step of a migration and what it took; or, with Within, a
+// part of step Within.
 type Phase struct {
-	Name string  `json:"name"`
-	MS   float64 `json:"ms"`
+	Name   string  `json:"name"`
+	MS     float64 `json:"ms"`
+	Within string  `json:"within,omitempty"`
 }
 
 // Report is the account of a migration.
@@ -101,6 +105,59 @@ const (
 	PhaseCleanup    = "cleanup"    // the source removed
 )
 
+// Abort gives back a container that a migration left frozen when it
+// could not tell whether the destination runs it (see Report.Error):
+// its network links come up, it thaws (its QPs resume), its migration's
+// checkpoints go. Only for a container that does not run on the
+// destination.
+func Abort(ctx context.Context, address, namespace, id string) error {
+	client, err := dial(address)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = namespaces.WithNamespace(ctx, namespace)
+	c, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Status != containerd.Paused {
+		return fmt.Errorf("%w: container %s is %s: no migration left it frozen", errdefs.ErrFailedPrecondition, id, st.Status)
+	}
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if name := specNetns(spec); name != "" {
+		n, err := readNetns(ctx, name)
+		if err == nil {
+			err = n.setLinks(ctx, "up")
+		}
+		errs = append(errs, err)
+	}
+	errs = append(errs, task.Resume(ctx))
+	imgs, err := client.ImageService().List(ctx)
+	errs = append(errs, err)
+	for _, i := range imgs {
+		if strings.HasPrefix(i.Name, checkpointPrefix+id+":") {
+			errs = append(errs, client.ImageService().Delete(ctx, i.Name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkpointPrefix begins the names of migrations' checkpoints.
+const checkpointPrefix = "localhost/migros/migrate/"
+
 // Migrate moves container o.ID to o.To.
 func Migrate(ctx context.Context, o Options) (*Report, error) {
 	host, _ := os.Hostname()
@@ -119,12 +176,17 @@ func (rep *Report) run(o Options, name string, f func() error) error {
 	o.progress(Progress{Phase: name})
 	t := time.Now()
 	err := f()
-	rep.Phases = append(rep.Phases, Phase{name, ms(time.Since(t))})
+	rep.Phases = append(rep.Phases, Phase{Name: name, MS: ms(time.Since(t))})
 	if err != nil {
 		rep.FailedPhase = name
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
+}
+
+// part adds part name of phase within, which took d.
+func (rep *Report) part(within, name string, d time.Duration) {
+	rep.Phases = append(rep.Phases, Phase{Name: name, MS: ms(d), Within: within})
 }
 
 func migrate(ctx context.Context, o Options, rep *Report) error {
@@ -187,9 +249,11 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	}); err != nil {
 		return fail(err)
 	}
+	var img containerd.Image
 	if err := rep.run(o, PhaseCheckpoint, func() error {
 		// Leaving it paused: the shim keeps its QPs Stopped.
-		if _, err := c.Checkpoint(ctx, req.Checkpoint, containerd.WithCheckpointRuntime,
+		var err error
+		if img, err = c.Checkpoint(ctx, req.Checkpoint, containerd.WithCheckpointRuntime,
 			containerd.WithCheckpointRW, containerd.WithCheckpointTask); err != nil {
 			return err
 		}
@@ -202,21 +266,33 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		return fail(err)
 	}
 
+	if t, err := dumpTimes(ctx, client, img); err != nil {
+		rep.Notes = append(rep.Notes, "no breakdown of the checkpoint: "+err.Error())
+	} else {
+		rep.part(PhaseCheckpoint, PartCRIUDump, t.CRIU)
+		rep.part(PhaseCheckpoint, PartRDMADump, t.RDMA)
+		rep.part(PhaseCheckpoint, PartMemoryDump, t.Memory)
+	}
+
 	var res Result
 	t := time.Now()
 	o.progress(Progress{Phase: PhaseTransfer + " and " + PhaseRestore + " (destination)"})
-	if err := send(ctx, client, dest, req, &res, o.progress); err != nil {
-		// The destination says which of its phases failed; without an
-		// answer, the checkpoint did not get there.
-		rep.FailedPhase = PhaseTransfer
-		var se *agent.StatusError
-		if errors.As(err, &se) && se.Fields["phase"] != "" {
-			rep.FailedPhase = se.Fields["phase"]
+	if err := send(ctx, dest, req, exportCheckpoint(ctx, client, req.Checkpoint), &res, o); err != nil {
+		rep.Phases = append(rep.Phases, Phase{Name: failedPhase(err), MS: ms(time.Since(t))})
+		var unknown *unknownOutcome
+		if errors.As(err, &unknown) {
+			// It may run there: the source must not run too.
+			rep.FailedPhase = PhaseRestore
+			return fmt.Errorf("%s: %w", rep.FailedPhase, err)
 		}
-		rep.Phases = append(rep.Phases, Phase{rep.FailedPhase, ms(time.Since(t))})
+		rep.FailedPhase = failedPhase(err)
 		return fail(fmt.Errorf("%s: %w", rep.FailedPhase, err))
 	}
-	rep.Phases = append(rep.Phases, Phase{PhaseTransfer, ms(res.Import)}, Phase{PhaseRestore, ms(res.Restore)})
+	rep.Phases = append(rep.Phases, Phase{Name: PhaseTransfer, MS: ms(res.Import)}, Phase{Name: PhaseRestore, MS: ms(res.Restore)})
+	if res.CRIURestore > 0 {
+		rep.part(PhaseRestore, PartCRIURestore, res.CRIURestore)
+		rep.part(PhaseRestore, PartRDMARestore, res.RDMARestore)
+	}
 	rep.Bytes = res.Bytes
 	rep.BlackoutMS = ms(time.Since(frozen))
 
@@ -263,7 +339,7 @@ func describe(ctx context.Context, client *containerd.Client, id string, rep *Re
 	}
 	req := &Request{
 		ID:         id,
-		Checkpoint: fmt.Sprintf("localhost/migros/migrate/%s:%d", id, time.Now().UnixNano()),
+		Checkpoint: fmt.Sprintf("%s%s:%d", checkpointPrefix, id, time.Now().UnixNano()),
 		Image:      info.Image,
 		Runtime:    info.Runtime.Name,
 		RxeVersion: agent.HostInfo().RxeVersion,
@@ -316,24 +392,24 @@ func (o Options) progress(p Progress) {
 }
 
 // send streams the checkpoint to the destination, which restores it,
-// telling progress what it sent.
-func send(ctx context.Context, client *containerd.Client, dest *agent.Client, req *Request, res *Result,
-	progress func(Progress)) error {
+// telling o.Progress what it sent. If the answer is lost once the
+// destination had the whole checkpoint, it asks the destination what
+// became of it; an error is then a *PhaseError from the destination, or
+// an *unknownOutcome if it cannot tell.
+func send(ctx context.Context, dest *agent.Client, req *Request, ckpt io.ReadCloser, res *Result, o Options) error {
+	defer ckpt.Close()
+	corruptAt, err := faultFromEnv()
+	if err != nil {
+		return err
+	}
 	hdr, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
-	pr, pw := io.Pipe()
-	go func() {
-		pw.CloseWithError(client.Export(ctx, pw, archive.WithImage(client.ImageService(), req.Checkpoint),
-			archive.WithSkipDockerManifest()))
-	}()
-	defer pr.CloseWithError(syscall.ECANCELED)
-	body := &countingReader{r: pr}
+	body := newStream(ckpt, o.Bandwidth)
+	body.corruptAt = corruptAt
 	done := make(chan struct{})
-	defer close(done)
 	go func() {
-		start := time.Now()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
@@ -342,9 +418,127 @@ func send(ctx context.Context, client *containerd.Client, dest *agent.Client, re
 				return
 			case <-tick.C:
 				n := body.sent()
-				progress(Progress{Phase: PhaseTransfer, Bytes: n, Rate: float64(n) / time.Since(start).Seconds()})
+				o.progress(Progress{Phase: PhaseTransfer, Bytes: n, Rate: float64(n) / time.Since(body.start).Seconds()})
 			}
 		}
 	}()
-	return dest.Do(ctx, http.MethodPost, "/v1/restore", body, http.Header{requestHeader: {string(hdr)}}, res)
+	trailer := http.Header{digestTrailer: nil}
+	sum := &digestOnEOF{stream: body, trailer: trailer}
+	err = dest.Send(ctx, http.MethodPost, "/v1/restore", sum, http.Header{requestHeader: {string(hdr)}}, trailer, res)
+	close(done)
+	var se *agent.StatusError
+	if err == nil || errors.As(err, &se) || !body.whole() || ctx.Err() != nil {
+		return phaseError(err)
+	}
+	// No answer, but the destination had it all.
+	o.progress(Progress{Phase: PhaseRestore + " (asking the destination what became of it)"})
+	out, qerr := awaitOutcome(ctx, dest, req)
+	switch {
+	case qerr != nil:
+		return &unknownOutcome{id: req.ID, err: err, query: qerr}
+	case out.State == StateRunning:
+		if out.Result != nil {
+			*res = *out.Result
+		}
+		return nil
+	case out.State == StateFailed:
+		return &PhaseError{Phase: out.Phase, Err: fmt.Errorf("%w (the answer was lost: %w)", errors.New(out.Error), err)}
+	}
+	return &PhaseError{Phase: PhaseTransfer, Err: fmt.Errorf("%w (the destination has no such restore)", err)}
+}
+
+// exportCheckpoint is checkpoint's OCI archive, as containerd writes it.
+func exportCheckpoint(ctx context.Context, client *containerd.Client, checkpoint string) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(client.Export(ctx, pw, archive.WithImage(client.ImageService(), checkpoint),
+			archive.WithSkipDockerManifest()))
+	}()
+	return pr
+}
+
+// digestOnEOF puts the stream's digest in the trailer as the stream ends.
+type digestOnEOF struct {
+	*stream
+	trailer http.Header
+}
+
+func (d *digestOnEOF) Read(p []byte) (int, error) {
+	n, err := d.stream.Read(p)
+	if errors.Is(err, io.EOF) {
+		d.trailer.Set(digestTrailer, d.stream.digest())
+	}
+	return n, err
+}
+
+// phaseError turns the destination's answer into a *PhaseError naming
+// where it failed; without an answer, the checkpoint did not get there.
+func phaseError(err error) error {
+	if err == nil {
+		return nil
+	}
+	phase := PhaseTransfer
+	var se *agent.StatusError
+	if errors.As(err, &se) && se.Fields["phase"] != "" {
+		phase = se.Fields["phase"]
+	}
+	return &PhaseError{Phase: phase, Err: err}
+}
+
+// failedPhase is the phase an error of send names.
+func failedPhase(err error) string {
+	var pe *PhaseError
+	if errors.As(err, &pe) && pe.Phase != "" {
+		return pe.Phase
+	}
+	return PhaseRestore
+}
+
+// unknownOutcome: the destination had the whole checkpoint, did not
+// answer, and cannot be asked; the container may run there.
+type unknownOutcome struct {
+	id         string
+	err, query error
+}
+
+func (u *unknownOutcome) Error() string {
+	return fmt.Sprintf("the destination received the whole checkpoint and did not answer (%v), nor say since what "+
+		"became of it (%v): the container may run there, so the source stays frozen; "+
+		"if it does not run there, give it back with `migros migrate %s --abort`", u.err, u.query, u.id)
+}
+
+func (u *unknownOutcome) Unwrap() error { return u.err }
+
+// How long a source asks a destination that lost its answer.
+const (
+	outcomeUnreachable = time.Minute      // unanswered
+	outcomeBusy        = 10 * time.Minute // still restoring
+)
+
+// awaitOutcome asks the destination what became of req's restore until
+// it is done; an error if it cannot be asked.
+func awaitOutcome(ctx context.Context, dest *agent.Client, req *Request) (Outcome, error) {
+	q := url.Values{"id": {req.ID}, "checkpoint": {req.Checkpoint}}
+	start, lastAnswer := time.Now(), time.Now()
+	for {
+		var out Outcome
+		err := dest.Do(ctx, http.MethodGet, "/v1/outcome?"+q.Encode(), nil, nil, &out)
+		if err == nil {
+			lastAnswer = time.Now()
+			if out.State != StateReceiving && out.State != StateRestoring {
+				return out, nil
+			}
+		}
+		switch {
+		case time.Since(lastAnswer) > outcomeUnreachable:
+			return Outcome{}, err
+		case time.Since(start) > outcomeBusy:
+			return Outcome{}, fmt.Errorf("still %s after %v", out.State, outcomeBusy)
+		}
+		select {
+		case <-ctx.Done():
+			return Outcome{}, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -3,11 +3,21 @@
 package migrate
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/migros/migros/runtime/agent"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -104,6 +114,191 @@ func TestProgressString(t *testing.T) {
 	} {
 		if got := tc.p.String(); got != tc.want {
 			t.Errorf("%+v: %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}
+
+// fakeDestination is an agent on loopback whose restore and outcome
+// calls are the test's; it returns a client of it.
+func fakeDestination(t *testing.T, restore, outcome http.HandlerFunc) *agent.Client {
+	t.Helper()
+	dir := t.TempDir()
+	lo := []net.IP{net.ParseIP("127.0.0.1")}
+	if err := agent.Init(dir, []agent.Host{{Name: "src", IPs: lo}, {Name: "dst", IPs: lo}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]*agent.Identity{}
+	for _, n := range []string{"src", "dst"} {
+		id, err := agent.LoadIdentity(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[n] = id
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &agent.Server{ID: ids["dst"], Info: agent.HostInfo, Routes: map[string]http.HandlerFunc{
+		"POST /v1/restore": restore, "GET /v1/outcome": outcome}}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return agent.NewClient(ids["src"], l.Addr().String())
+}
+
+// What the source makes of the destination's answers, or of their loss:
+// an answer lost after the whole checkpoint went is asked after; one
+// lost before is a failed transfer; the stream's digest is that of what
+// was meant to be sent, even when a byte is corrupted on the way.
+func TestSend(t *testing.T) {
+	const ckpt = "localhost/migros/migrate/c:1"
+	data := strings.Repeat("checkpoint ", 300000) // more than HTTP/2 windows
+	sum := sha256.Sum256([]byte(data))
+	want := hex.EncodeToString(sum[:])
+	// readAll reads the body and checks the trailer's digest.
+	readAll := func(t *testing.T, r *http.Request, corrupt bool) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("reading the body: %v", err)
+			return
+		}
+		got := sha256.Sum256(b)
+		if tr := r.Trailer.Get(digestTrailer); tr != want || (hex.EncodeToString(got[:]) == want) == corrupt {
+			t.Errorf("trailer %q, want %q; corrupted %v, want %v", tr, want, hex.EncodeToString(got[:]) != want, corrupt)
+		}
+	}
+	result := Result{Bytes: int64(len(data)), PID: 42}
+	for _, tc := range []struct {
+		name    string
+		fault   string
+		restore func(t *testing.T, w http.ResponseWriter, r *http.Request)
+		outcome *Outcome // nil: must not be asked
+		phase   string   // of the error, "" for none
+	}{
+		{name: "answered", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, false)
+			agent.WriteJSON(w, http.StatusOK, result)
+		}},
+		{name: "refused", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, false)
+			agent.WriteError(w, &PhaseError{PhaseRestore, errors.New("no uplink")})
+		}, phase: PhaseRestore},
+		{name: "corrupted on the way", fault: "corrupt-stream@1000", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, true)
+			agent.WriteError(w, &PhaseError{PhaseTransfer, errors.New("corrupt")})
+		}, phase: PhaseTransfer},
+		{name: "cut mid-stream", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			_, _ = io.ReadFull(r.Body, make([]byte, 100))
+			panic(http.ErrAbortHandler)
+		}, phase: PhaseTransfer},
+		{name: "answer lost, restored", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, false)
+			panic(http.ErrAbortHandler)
+		}, outcome: &Outcome{State: StateRunning, Result: &result}},
+		{name: "answer lost, failed", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, false)
+			panic(http.ErrAbortHandler)
+		}, outcome: &Outcome{State: StateFailed, Phase: PhaseRestore, Error: "runc: boom"}, phase: PhaseRestore},
+		{name: "answer lost, agent restarted", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			readAll(t, r, false)
+			panic(http.ErrAbortHandler)
+		}, outcome: &Outcome{State: StateAbsent}, phase: PhaseTransfer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.fault != "" {
+				t.Setenv(FaultEnv, tc.fault)
+			}
+			asked := false
+			dest := fakeDestination(t,
+				func(w http.ResponseWriter, r *http.Request) { tc.restore(t, w, r) },
+				func(w http.ResponseWriter, r *http.Request) {
+					asked = true
+					if r.URL.Query().Get("checkpoint") != ckpt || tc.outcome == nil {
+						t.Errorf("asked %v", r.URL)
+						agent.WriteJSON(w, http.StatusOK, Outcome{State: StateAbsent})
+						return
+					}
+					agent.WriteJSON(w, http.StatusOK, tc.outcome)
+				})
+			var res Result
+			err := send(context.Background(), dest, &Request{ID: "c", Checkpoint: ckpt},
+				io.NopCloser(strings.NewReader(data)), &res, Options{})
+			if tc.phase == "" {
+				if err != nil || res != result {
+					t.Fatalf("error %v, result %+v", err, res)
+				}
+			} else if failedPhase(err) != tc.phase || !errors.As(err, new(*PhaseError)) {
+				t.Fatalf("error %v, phase %q, want a *PhaseError in %s", err, failedPhase(err), tc.phase)
+			}
+			if asked != (tc.outcome != nil) {
+				t.Fatalf("asked for the outcome: %v", asked)
+			}
+		})
+	}
+}
+
+// The stream counts, hashes, and keeps to its rate; a fault flips one
+// byte.
+func TestStream(t *testing.T) {
+	data := bytes.Repeat([]byte{7}, 200<<10)
+	for _, tc := range []struct {
+		name      string
+		limit     int64
+		corruptAt int64
+		atLeast   time.Duration
+	}{
+		{name: "plain", corruptAt: -1},
+		{name: "held to 1 MiB/s", limit: 1 << 20, corruptAt: -1, atLeast: 190 * time.Millisecond},
+		{name: "corrupted", corruptAt: 4097},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStream(bytes.NewReader(data), tc.limit)
+			s.corruptAt = tc.corruptAt
+			start := time.Now()
+			got, err := io.ReadAll(s)
+			if err != nil || !s.whole() || s.sent() != int64(len(data)) {
+				t.Fatalf("read %d (%v), whole %v, sent %d", len(got), err, s.whole(), s.sent())
+			}
+			if d := time.Since(start); d < tc.atLeast {
+				t.Errorf("took %v, less than %v", d, tc.atLeast)
+			}
+			sum := sha256.Sum256(data)
+			if s.digest() != hex.EncodeToString(sum[:]) {
+				t.Errorf("digest %s is not of what was meant", s.digest())
+			}
+			var diff []int
+			for i := range got {
+				if got[i] != data[i] {
+					diff = append(diff, i)
+				}
+			}
+			if (tc.corruptAt < 0 && len(diff) != 0) || (tc.corruptAt >= 0 && (len(diff) != 1 || int64(diff[0]) != tc.corruptAt)) {
+				t.Errorf("bytes changed at %v", diff)
+			}
+		})
+	}
+}
+
+func TestFaultFromEnv(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		want int64
+		bad  bool
+	}{
+		{"", -1, false},
+		{"corrupt-stream@600000", 600000, false},
+		{"corrupt-stream@-1", 0, true},
+		{"kill-agent", 0, true},
+	} {
+		t.Setenv(FaultEnv, tc.env)
+		got, err := faultFromEnv()
+		if (err != nil) != tc.bad || (!tc.bad && got != tc.want) {
+			t.Errorf("%q: %d, %v", tc.env, got, err)
 		}
 	}
 }

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package migrate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// digestTrailer carries the SHA-256 of a restore's body, which the
+// destination checks before it restores anything. containerd checks the
+// digest of each blob it imports; this covers the whole stream.
+const digestTrailer = "Migros-Stream-Sha256"
+
+// stream is a checkpoint as it crosses between agents: it counts and
+// hashes what passes, can be held to a rate, and knows whether it was
+// read to its end.
+type stream struct {
+	r     io.Reader
+	h     hash.Hash
+	n     atomic.Int64
+	eof   atomic.Bool
+	limit int64 // bytes per second, 0 for no limit
+	start time.Time
+	// corruptAt is the offset of a byte flipped on its way (fault
+	// injection, see faultFromEnv), -1 for none.
+	corruptAt int64
+}
+
+func newStream(r io.Reader, limit int64) *stream {
+	return &stream{r: r, h: sha256.New(), limit: limit, start: time.Now(), corruptAt: -1}
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	if s.limit > 0 {
+		// Small reads keep the pace even.
+		if max := s.limit / 10; max > 0 && int64(len(p)) > max {
+			p = p[:max]
+		}
+	}
+	n, err := s.r.Read(p)
+	// The digest is of what was meant to pass: an injected corruption
+	// is one the receiver must find.
+	s.h.Write(p[:n])
+	if c := s.corruptAt - s.n.Load(); c >= 0 && c < int64(n) {
+		p[c] ^= 0xff
+	}
+	total := s.n.Add(int64(n))
+	if errors.Is(err, io.EOF) {
+		s.eof.Store(true)
+	}
+	if s.limit > 0 {
+		due := time.Duration(float64(total) / float64(s.limit) * float64(time.Second))
+		if wait := due - time.Since(s.start); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+	return n, err
+}
+
+// sent is how many bytes passed so far.
+func (s *stream) sent() int64 { return s.n.Load() }
+
+// whole says the stream was read to its end.
+func (s *stream) whole() bool { return s.eof.Load() }
+
+// digest is the SHA-256 of what passed, in hex.
+func (s *stream) digest() string { return hex.EncodeToString(s.h.Sum(nil)) }
+
+// FaultEnv names faults to inject into migrations, for testing how they
+// are survived (as CRIU_FAULT does for CRIU). "corrupt-stream@N" flips
+// the byte at offset N of the checkpoint the source sends.
+const FaultEnv = "MIGROS_FAULT"
+
+// faultFromEnv is the offset to corrupt the stream at, -1 for none.
+func faultFromEnv() (int64, error) {
+	v := os.Getenv(FaultEnv)
+	if v == "" {
+		return -1, nil
+	}
+	off, ok := strings.CutPrefix(v, "corrupt-stream@")
+	n, err := strconv.ParseInt(off, 10, 64)
+	if !ok || err != nil || n < 0 {
+		return -1, fmt.Errorf("%s=%q: want corrupt-stream@OFFSET", FaultEnv, v)
+	}
+	return n, nil
+}
