@@ -68,10 +68,11 @@ func removeMoved(t testing.TB, id string, gs ...*lab.Guest) {
 }
 
 // migrateTo moves container id from one guest to another with migros
-// migrate, and checks its report.
-func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki string) migrate.Report {
+// migrate, with preCopy rounds of pre-copy, and checks its report.
+func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki string, preCopy int) migrate.Report {
 	t.Helper()
-	out, err := from.Output(ctx, "migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name), "--json")
+	out, err := from.Output(ctx, "migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name),
+		"--pre-copy", fmt.Sprint(preCopy), "--json")
 	var rep migrate.Report
 	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err != nil {
 		t.Fatalf("migrate %s -> %s: %v (%v)\n%s", from.Name, to.Name, err, jerr, out)
@@ -93,8 +94,9 @@ func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki s
 			t.Errorf("%s took %v ms, more than all of %s (%v ms)", p.Name, p.MS, p.Within, took[p.Within])
 		}
 	}
-	if got := strings.Join(names, " "); got != "preflight freeze checkpoint transfer restore cleanup" {
-		t.Errorf("phases %q", got)
+	if got, want := strings.Join(names, " "), "preflight "+strings.Repeat("pre-copy ", preCopy)+
+		"freeze checkpoint transfer restore cleanup"; got != want {
+		t.Errorf("phases %q, want %q", got, want)
 	}
 	// CRIU's run, and in it MigrOS' plugin and the memory dump.
 	if got := strings.Join(parts, " "); got != "checkpoint/criu dump checkpoint/rdma dump checkpoint/memory dump "+
@@ -129,9 +131,9 @@ func TestMigrate(t *testing.T) {
 	startAgent(ctx, t, dst, pki)
 	m := startMover(ctx, t, src, peer, id)
 	time.Sleep(3 * time.Second)
-	reps := []migrate.Report{migrateTo(ctx, t, src, dst, id, pki)}
+	reps := []migrate.Report{migrateTo(ctx, t, src, dst, id, pki, 0)}
 	time.Sleep(2 * time.Second)
-	reps = append(reps, migrateTo(ctx, t, dst, src, id, pki))
+	reps = append(reps, migrateTo(ctx, t, dst, src, id, pki, 0))
 	m.finish(ctx, t, src)
 	// Its RDMA state was dumped and restored, each time.
 	for _, r := range reps {
@@ -146,12 +148,13 @@ func TestMigrate(t *testing.T) {
 // A container running rdmacheck -M against the peer (every object type
 // and every RC operation: send/recv, write, read, atomics, each checked,
 // over two connections) moves five times, src -> dst -> src -> dst -> src
-// -> dst, while it runs: both sides check every round, nothing lost,
-// duplicated or corrupted.
+// -> dst, while it runs, each time with two rounds of pre-copy (its
+// registered memory, which the peer writes, re-sent at the freeze): both
+// sides check every round, nothing lost, duplicated or corrupted.
 func TestMigrateMixed(t *testing.T) {
 	ctx := testContext(t, 15*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
-	const id, rounds = "e2e-migrate-mixed", "5000"
+	const id, rounds = "e2e-migrate-mixed", "7000"
 	pki := agentPKI(t, src, dst)
 	removeMoved(t, id, src, dst)
 	startAgent(ctx, t, src, pki)
@@ -175,7 +178,7 @@ func TestMigrateMixed(t *testing.T) {
 			t.Fatalf("the peer's rdmacheck ended before migration %d:\n%s", i+1, serverOut.String())
 		default:
 		}
-		migrateTo(ctx, t, at, other, id, pki)
+		migrateTo(ctx, t, at, other, id, pki, 2)
 		at, other = other, at
 		time.Sleep(2 * time.Second)
 	}
@@ -287,7 +290,7 @@ func givenBack(ctx context.Context, t *testing.T, src, dst *lab.Guest, id string
 }
 
 // Faults at each phase of a migration, with a container (a mover whose
-// rdmacheck sends a message every 60 ms, for 3 minutes) on src talking to the peer:
+// rdmacheck sends a message every 45 ms, for 2 minutes and more) on src talking to the peer:
 // the destination's disk full before and during the transfer, its agent
 // killed and its link cut during the transfer, a chunk of the stream
 // corrupted, its restore failing. Each time the source keeps (or gets
@@ -301,7 +304,7 @@ func TestMigrateFaults(t *testing.T) {
 	pki := agentPKI(t, src, dst)
 	removeMoved(t, id, src, dst)
 	dstAgent, _ := runAgent(ctx, t, dst, pki)
-	m := startPacedMover(ctx, t, src, peer, id, 60*time.Millisecond)
+	m := startPacedMover(ctx, t, src, peer, id, 45*time.Millisecond)
 	sh := func(g *lab.Guest, script string) {
 		t.Helper()
 		if out, err := g.Output(ctx, "sh", "-c", script); err != nil {

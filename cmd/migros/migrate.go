@@ -28,6 +28,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 	ns := fs.String("namespace", "default", "containerd namespace")
 	pki := fs.String("pki", install.Beside().PKIDir(), "this host's agent identity")
 	bw := fs.Float64("bandwidth", 0, "cap the transfer at this many MiB/s (0: no cap)")
+	preCopy := fs.Int("pre-copy", 0, "rounds of pre-copy (memory sent while the container runs) before the freeze")
 	abort := fs.Bool("abort", false, "give back a container a migration left frozen, not knowing whether the destination runs it")
 	// Flags may follow the container's name.
 	var id string
@@ -42,7 +43,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 		return migrate.Abort(ctx, *address, *ns, id)
 	}
 	if id == "" || *to == "" {
-		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--bandwidth MIB/S] [--json]\n" +
+		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--pre-copy N] [--bandwidth MIB/S] [--json]\n" +
 			"       migros migrate CONTAINER --abort")
 	}
 	ident, err := agent.LoadIdentity(*pki)
@@ -50,7 +51,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident,
-		Bandwidth: int64(*bw * (1 << 20))}
+		Bandwidth: int64(*bw * (1 << 20)), PreCopy: *preCopy, Paths: install.Beside()}
 	// Progress goes to stderr, the report (text or JSON) to stdout.
 	o.Progress = func(p migrate.Progress) { fmt.Fprintf(os.Stderr, "migrate %s: %v\n", id, p) }
 	rep, err := migrate.Migrate(ctx, o)

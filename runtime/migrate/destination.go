@@ -43,6 +43,9 @@ type Request struct {
 	// its checkpoint takes on disk, and its restore in memory.
 	Memory int64  `json:"memory"`
 	Net    *Netns `json:"net,omitempty"`
+	// PreCopy is the token of the pre-dumps sent before (PreDumpRoot),
+	// which the checkpoint is on top of; "" for none.
+	PreCopy string `json:"pre_copy,omitempty"`
 }
 
 // Result is the destination's account of a restore.
@@ -102,6 +105,27 @@ func (d *Destination) Routes() map[string]http.HandlerFunc {
 				return
 			}
 			agent.WriteJSON(w, http.StatusOK, res)
+		},
+		// A pre-copy round's pre-dump (a tar stream); the header says
+		// which.
+		"POST /v1/precopy": func(w http.ResponseWriter, r *http.Request) {
+			var p PreCopy
+			if err := json.Unmarshal([]byte(r.Header.Get(preCopyHeader)), &p); err != nil {
+				agent.WriteError(w, fmt.Errorf("%w: %s: %w", errdefs.ErrInvalidArgument, preCopyHeader, err))
+				return
+			}
+			if err := d.TakePreDump(p, r.Body, r.Trailer); err != nil {
+				agent.WriteError(w, &PhaseError{PhasePreCopy, err})
+				return
+			}
+			agent.WriteJSON(w, http.StatusOK, struct{}{})
+		},
+		"DELETE /v1/precopy": func(w http.ResponseWriter, r *http.Request) {
+			if err := d.DropPreDumps(r.URL.Query().Get("token")); err != nil {
+				agent.WriteError(w, err)
+				return
+			}
+			agent.WriteJSON(w, http.StatusOK, struct{}{})
 		},
 		// What became of a restore, for a source that lost its answer.
 		"GET /v1/outcome": func(w http.ResponseWriter, r *http.Request) {
@@ -289,6 +313,14 @@ func (e *PhaseError) ErrorFields() map[string]string { return map[string]string{
 // whatever it made; its error is a *PhaseError.
 func (d *Destination) Restore(ctx context.Context, req *Request, r io.Reader, trailer http.Header) (*Result, error) {
 	d.outcomes.set(req.Checkpoint, Outcome{State: StateReceiving})
+	if req.PreCopy != "" {
+		// The restored container needs its images no more.
+		defer func() {
+			if err := d.DropPreDumps(req.PreCopy); err != nil {
+				log.G(ctx).WithError(err).Warnf("migration of %s: removing its pre-dumps", req.ID)
+			}
+		}()
+	}
 	res := &Result{}
 	err := d.restore(ctx, req, r, trailer, res)
 	if err != nil {
@@ -339,9 +371,8 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, tr
 		}
 		return nil
 	})
-	if want, got := trailer.Get(digestTrailer), in.digest(); want != got {
-		return fmt.Errorf("%w: the checkpoint of %s arrived corrupt: its digest is sha256:%s, the source's %q (%d bytes)",
-			errdefs.ErrDataLoss, req.ID, got, "sha256:"+want, in.sent())
+	if err := checkDigest(trailer, in); err != nil {
+		return fmt.Errorf("the checkpoint of %s: %w", req.ID, err)
 	}
 	res.Import, res.Bytes = time.Since(start), in.sent()
 	// It is all here: the restore goes on without the source.

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/migros/migros/runtime/agent"
 	"github.com/migros/migros/runtime/checkpoint"
+	"github.com/migros/migros/runtime/install"
 )
 
 // Runtime is MigrOS' containerd runtime, which an RDMA container must
@@ -49,6 +51,14 @@ type Options struct {
 	Progress func(Progress)
 	// Bandwidth caps the transfer, in bytes per second (0: no cap).
 	Bandwidth int64
+	// PreCopy is how many rounds of pre-copy come before the freeze:
+	// each pre-dumps the running container's memory (only what it wrote
+	// since the round before) and sends it to the destination, so that
+	// the final dump, frozen, has less to take.
+	PreCopy int
+	// Paths of MigrOS' installation (CRIU's plugin), for pre-dumps
+	// (default: beside the running binary).
+	Paths install.Paths
 }
 
 // Progress is where a migration is.
@@ -98,6 +108,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // Phase names, in order.
 const (
 	PhasePreflight  = "preflight"
+	PhasePreCopy    = "pre-copy" // each round: pre-dump and send, running
 	PhaseFreeze     = "freeze"
 	PhaseCheckpoint = "checkpoint" // CRIU and RDMA dump
 	PhaseTransfer   = "transfer"   // the destination receiving the checkpoint
@@ -220,6 +231,31 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		return err
 	}
 
+	if o.PreCopy > 0 {
+		req.PreCopy = strings.ReplaceAll(path.Base(req.Checkpoint), ":", "-")
+		defer os.RemoveAll(filepath.Join(PreDumpRoot, req.PreCopy))
+		paths := o.Paths
+		if paths == (install.Paths{}) {
+			paths = install.Beside()
+		}
+		for i := 1; i <= o.PreCopy; i++ {
+			if err := rep.run(o, PhasePreCopy, func() error {
+				parent := "" // each round on top of the one before
+				if i > 1 {
+					parent = "../" + filepath.Base(preDumpDir(req.PreCopy, i-1))
+				}
+				dir := preDumpDir(req.PreCopy, i)
+				if err := preDump(ctx, paths, o.Namespace, o.ID, dir, parent); err != nil {
+					return err
+				}
+				return sendPreDump(ctx, dest, req.PreCopy, i, dir, o)
+			}); err != nil {
+				dropPreDumps(ctx, dest, req.PreCopy)
+				return err
+			}
+		}
+	}
+
 	// From here on, a failure gives the source back.
 	frozen := time.Now()
 	var paused, netDown bool
@@ -234,6 +270,9 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 			errs = append(errs, task.Resume(uctx))
 		}
 		_ = client.ImageService().Delete(uctx, req.Checkpoint)
+		if req.PreCopy != "" {
+			dropPreDumps(uctx, dest, req.PreCopy)
+		}
 		if rerr := errors.Join(errs...); rerr != nil {
 			return fmt.Errorf("%w; and giving the source back: %w", err, rerr)
 		}
@@ -251,10 +290,19 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	}
 	var img containerd.Image
 	if err := rep.run(o, PhaseCheckpoint, func() error {
+		opts := []containerd.CheckpointOpts{containerd.WithCheckpointRuntime,
+			containerd.WithCheckpointRW, containerd.WithCheckpointTask}
+		if req.PreCopy != "" {
+			// Only what changed since the last pre-dump, and all the
+			// registered memory, which the NIC writes unseen.
+			if _, err := checkpoint.Redirty(int(task.Pid())); err != nil {
+				return errors.Join(err, checkpoint.Resume(int(task.Pid())))
+			}
+			opts = append(opts, withParent(preDumpDir(req.PreCopy, o.PreCopy)))
+		}
 		// Leaving it paused: the shim keeps its QPs Stopped.
 		var err error
-		if img, err = c.Checkpoint(ctx, req.Checkpoint, containerd.WithCheckpointRuntime,
-			containerd.WithCheckpointRW, containerd.WithCheckpointTask); err != nil {
+		if img, err = c.Checkpoint(ctx, req.Checkpoint, opts...); err != nil {
 			return err
 		}
 		if req.Net != nil {

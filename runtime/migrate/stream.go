@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // digestTrailer carries the SHA-256 of a restore's body, which the
@@ -75,6 +78,16 @@ func (s *stream) whole() bool { return s.eof.Load() }
 
 // digest is the SHA-256 of what passed, in hex.
 func (s *stream) digest() string { return hex.EncodeToString(s.h.Sum(nil)) }
+
+// checkDigest checks that what passed through s has the digest trailer
+// says the source sent.
+func checkDigest(trailer http.Header, s *stream) error {
+	if want, got := trailer.Get(digestTrailer), s.digest(); want != got {
+		return fmt.Errorf("%w: arrived corrupt: its digest is sha256:%s, the source's %q (%d bytes)",
+			errdefs.ErrDataLoss, got, "sha256:"+want, s.sent())
+	}
+	return nil
+}
 
 // FaultEnv names faults to inject into migrations, for testing how they
 // are survived (as CRIU_FAULT does for CRIU). "corrupt-stream@N" flips
