@@ -156,17 +156,18 @@ bench-lab: lab-assets
 
 # Benchmarks that compare implementations side by side in one lab run; the
 # latest tables are committed under docs/.
-# make bench: ours vs stock rxe, and checkpoint/restore against QPs and
-# memory (guests get 3 GiB for the 1 GiB MR and its images). BENCH picks
-# a subset.
-BENCH ?= BenchmarkRXEStockVsPatched|BenchmarkCheckpointRestore
+# make bench: ours vs stock rxe, checkpoint/restore against QPs and
+# memory, and live migration's blackout by phase, with and without RDMA
+# (docs/bench-migrate.md and .png). Guests get 3 GiB for the 1 GiB MR and
+# its images. BENCH picks a subset.
+BENCH ?= BenchmarkRXEStockVsPatched|BenchmarkCheckpointRestore|BenchmarkMigrate
 bench: lab-assets
-	rm -f $(OUT)/bench-rxe.md $(OUT)/bench-checkpoint.md
-	rc=0; $(GO) test -tags e2e -count=1 -timeout 90m -run '^$$' -bench '$(BENCH)' -benchtime 1x \
-		./integration/ -assets $(LABOUT)/assets.json -lab bench -guests src,peer -guest-memory 3072 || rc=$$?; \
+	rm -f $(OUT)/bench-rxe.md $(OUT)/bench-checkpoint.md $(OUT)/bench-migrate.md $(OUT)/bench-migrate.png
+	rc=0; $(GO) test -tags e2e -count=1 -timeout 150m -run '^$$' -bench '$(BENCH)' -benchtime 1x \
+		./integration/ -assets $(LABOUT)/assets.json -lab bench -guests src,dst,peer -guest-memory 3072 || rc=$$?; \
 	$(BIN)/migros-lab down --name bench; \
-	if [ $$rc = 0 ]; then for f in bench-rxe bench-checkpoint; do \
-		if [ -e $(OUT)/$$f.md ]; then cp $(OUT)/$$f.md docs/$$f.md; fi; done; fi; exit $$rc
+	if [ $$rc = 0 ]; then for f in bench-rxe.md bench-checkpoint.md bench-migrate.md bench-migrate.png; do \
+		if [ -e $(OUT)/$$f ]; then cp $(OUT)/$$f docs/$$f; fi; done; fi; exit $$rc
 
 # Installs MigrOS where containerd and CRIU find it: the migros CLI, its
 # CRIU helper migros-criu and containerd-shim-migros-v1 in $(PREFIX)/bin

@@ -7,6 +7,8 @@
  * every page is there to pin and dump), closes the TCP connection and
  * sleeps until killed. It reports how long creating and connecting the
  * QPs and registering the MR took: what restoring them is compared with.
+ * With -N it only touches -s bytes of memory and sleeps: the same
+ * process without RDMA.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -51,6 +53,17 @@ void run_hold(const struct opts *o)
 
 	if (!qps || !dqpn)
 		die("out of memory");
+	if (o->no_rdma) {
+		buf = mmap(NULL, o->size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (buf == MAP_FAILED)
+			die("%zu bytes: %s", o->size, strerror(errno));
+		memset(buf, 0x5a, o->size);
+		printf("hold: no RDMA; %zu bytes touched\n", o->size);
+		printf("holding\n");
+		for (;;)
+			pause();
+	}
 	ctx = open_dev(o->dev);
 	if (ibv_query_port(ctx, o->ib_port, &pa) ||
 	    ibv_query_gid(ctx, o->ib_port, o->gidx, &gid))

@@ -12,10 +12,11 @@
  *
  * With -M it runs the mixed mode instead (mixed.c): every object type and
  * every RC operation, checked, over -c connections of their own each.
- * With -H it holds -q connected QPs and an MR of -s bytes (hold.c).
+ * With -H it holds -q connected QPs and an MR of -s bytes (hold.c); with
+ * -H -N only -s bytes of memory, no RDMA object (for comparison).
  *
  * usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs]
- *                  [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H]
+ *                  [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H [-N]]
  *                  [server]
  */
 #include <errno.h>
@@ -267,7 +268,7 @@ int main(int argc, char **argv)
 	struct conn c = { .sock = -1 };
 	int ch, mixed = 0, hold = 0;
 
-	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:RMc:H")) != -1) {
+	while ((ch = getopt(argc, argv, "p:d:i:g:n:s:q:w:RMc:HN")) != -1) {
 		switch (ch) {
 		case 'p': o.port = optarg; break;
 		case 'd': o.dev = optarg; break;
@@ -280,9 +281,10 @@ int main(int argc, char **argv)
 		case 'R': o.rtr_only = 1; break;
 		case 'M': mixed = 1; break;
 		case 'H': hold = 1; break;
+		case 'N': o.no_rdma = 1; break;
 		case 'c': o.conns = atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H] [server]\n");
+			fprintf(stderr, "usage: rdmacheck [-p port] [-d dev] [-i ibport] [-g gidx] [-n msgs] [-s size] [-q depth] [-w usec] [-R] [-M [-c conns]] [-H [-N]] [server]\n");
 			return 2;
 		}
 	}

@@ -25,6 +25,7 @@ struct opts {
 	long wait_us;
 	int rtr_only;
 	int conns;
+	int no_rdma;	/* -H -N: memory only, no RDMA object */
 };
 
 /* A message's header; the payload after it is fill(seq). */
