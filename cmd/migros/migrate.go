@@ -85,6 +85,8 @@ func printReport(r *migrate.Report) {
 		switch {
 		case r.RolledBack:
 			state = "the source runs again"
+		case r.FailedPhase == migrate.PhasePreflight || r.FailedPhase == migrate.PhasePreCopy:
+			state = "nothing was frozen: the container runs on the source"
 		case r.FailedPhase == migrate.PhaseCleanup:
 			state = "the container runs on the destination; the source's leftovers need removing"
 		}

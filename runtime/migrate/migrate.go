@@ -495,11 +495,13 @@ func send(ctx context.Context, dest *agent.Client, req *Request, ckpt io.ReadClo
 	return &PhaseError{Phase: PhaseTransfer, Err: fmt.Errorf("%w (the destination has no such restore)", err)}
 }
 
-// exportCheckpoint is checkpoint's OCI archive, as containerd writes it.
+// exportCheckpoint is checkpoint's OCI archive, as containerd writes it,
+// its blobs read from the content store in large reads.
 func exportCheckpoint(ctx context.Context, client *containerd.Client, checkpoint string) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(client.Export(ctx, pw, archive.WithImage(client.ImageService(), checkpoint),
+		store := readAheadStore{client.ContentStore()}
+		pw.CloseWithError(archive.Export(ctx, store, pw, archive.WithImage(client.ImageService(), checkpoint),
 			archive.WithSkipDockerManifest()))
 	}()
 	return pr

@@ -5,9 +5,9 @@ package migrate
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -158,8 +158,7 @@ func fakeDestination(t *testing.T, restore, outcome http.HandlerFunc) *agent.Cli
 func TestSend(t *testing.T) {
 	const ckpt = "localhost/migros/migrate/c:1"
 	data := strings.Repeat("checkpoint ", 300000) // more than HTTP/2 windows
-	sum := sha256.Sum256([]byte(data))
-	want := hex.EncodeToString(sum[:])
+	want := fmt.Sprintf("%08x", crc32.Checksum([]byte(data), castagnoli))
 	// readAll reads the body and checks the trailer's digest.
 	readAll := func(t *testing.T, r *http.Request, corrupt bool) {
 		b, err := io.ReadAll(r.Body)
@@ -167,9 +166,9 @@ func TestSend(t *testing.T) {
 			t.Errorf("reading the body: %v", err)
 			return
 		}
-		got := sha256.Sum256(b)
-		if tr := r.Trailer.Get(digestTrailer); tr != want || (hex.EncodeToString(got[:]) == want) == corrupt {
-			t.Errorf("trailer %q, want %q; corrupted %v, want %v", tr, want, hex.EncodeToString(got[:]) != want, corrupt)
+		got := fmt.Sprintf("%08x", crc32.Checksum(b, castagnoli))
+		if tr := r.Trailer.Get(digestTrailer); tr != want || (got == want) == corrupt {
+			t.Errorf("trailer %q, want %q; corrupted %v, want %v", tr, want, got != want, corrupt)
 		}
 	}
 	result := Result{Bytes: int64(len(data)), PID: 42}
@@ -267,8 +266,7 @@ func TestStream(t *testing.T) {
 			if d := time.Since(start); d < tc.atLeast {
 				t.Errorf("took %v, less than %v", d, tc.atLeast)
 			}
-			sum := sha256.Sum256(data)
-			if s.digest() != hex.EncodeToString(sum[:]) {
+			if s.digest() != fmt.Sprintf("%08x", crc32.Checksum(data, castagnoli)) {
 				t.Errorf("digest %s is not of what was meant", s.digest())
 			}
 			var diff []int
@@ -299,6 +297,53 @@ func TestFaultFromEnv(t *testing.T) {
 		got, err := faultFromEnv()
 		if (err != nil) != tc.bad || (!tc.bad && got != tc.want) {
 			t.Errorf("%q: %d, %v", tc.env, got, err)
+		}
+	}
+}
+
+// countingReaderAt is a content.ReaderAt over data that counts its reads.
+type countingReaderAt struct {
+	data  []byte
+	reads int
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.reads++
+	if off >= int64(len(c.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, c.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+func (c *countingReaderAt) Size() int64  { return int64(len(c.data)) }
+func (c *countingReaderAt) Close() error { return nil }
+
+// Reading a blob in small pieces, as the exporter does, takes a few
+// large reads of the store, and gives the blob back whole.
+func TestReadAhead(t *testing.T) {
+	for _, size := range []int{0, 1, readAheadSize - 1, readAheadSize, 2*readAheadSize + 12345} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		under := &countingReaderAt{data: data}
+		got, err := io.ReadAll(io.NewSectionReader(&readAhead{ReaderAt: under}, 0, int64(size)))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: read %d, %v", size, len(got), err)
+		}
+		if want := size/readAheadSize + 2; under.reads > want {
+			t.Errorf("%d bytes: %d reads of the store, want at most %d", size, under.reads, want)
+		}
+		// A read that straddles two windows.
+		if size > readAheadSize {
+			p := make([]byte, 100)
+			n, err := (&readAhead{ReaderAt: under}).ReadAt(p, readAheadSize-50)
+			if n != 100 || err != nil || !bytes.Equal(p, data[readAheadSize-50:readAheadSize+50]) {
+				t.Errorf("straddling read: %d, %v", n, err)
+			}
 		}
 	}
 }
