@@ -12,6 +12,9 @@ package shim
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -47,13 +50,19 @@ type Service struct {
 	// with their init's pid: their QPs stay Stopped (a migration takes
 	// them elsewhere, or gives them back) until the container resumes.
 	stopped map[string]int
+	// extracted: containers created from a checkpoint that containerd
+	// extracted to a temporary directory of its own, by ID: containerd
+	// never removes it (a migrated container's whole memory, left on
+	// the destination each time), so the shim does once the restore is
+	// over.
+	extracted map[string]string
 }
 
 // New wraps inner, the runc task service; paths locate MigrOS' CRIU
 // plugin and the migros binary it runs.
 func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
 	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir,
-		restoring: map[string]bool{}, stopped: map[string]int{}}
+		restoring: map[string]bool{}, stopped: map[string]int{}, extracted: map[string]string{}}
 }
 
 // RegisterTTRPC serves the wrapper, not the runc service, as the task
@@ -107,12 +116,34 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
 	if rdmaRestore {
-		s.mu.Lock()
 		s.restoring[r.ID] = true
-		s.mu.Unlock()
 	}
+	if strings.HasPrefix(filepath.Base(r.Checkpoint), extractedPrefix) {
+		s.extracted[r.ID] = r.Checkpoint
+	}
+	s.mu.Unlock()
 	return resp, nil
+}
+
+// extractedPrefix begins the names of the directories containerd
+// extracts a checkpoint to (not a checkpoint path of the runtime's
+// options, which is the user's).
+const extractedPrefix = "ctrd-checkpoint"
+
+// dropExtracted removes the checkpoint containerd extracted for
+// container id, if any.
+func (s *Service) dropExtracted(ctx context.Context, id string) {
+	s.mu.Lock()
+	dir, ok := s.extracted[id]
+	delete(s.extracted, id)
+	s.mu.Unlock()
+	if ok {
+		if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).Warnf("container %s: removing its extracted checkpoint", id)
+		}
+	}
 }
 
 // Start of a container created from a checkpoint is its restore: runc
@@ -128,7 +159,12 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if restore {
 		ctx = s.withPlugin(ctx)
 	}
-	return s.TTRPCTaskService.Start(ctx, r)
+	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	if r.ExecID == "" {
+		// Restored, or failed to: CRIU is done with the images.
+		s.dropExtracted(ctx, r.ID)
+	}
+	return resp, err
 }
 
 // Delete forgets a container's pending restore: one created from a
@@ -139,6 +175,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		delete(s.restoring, r.ID)
 		delete(s.stopped, r.ID)
 		s.mu.Unlock()
+		s.dropExtracted(ctx, r.ID)
 	}
 	return s.TTRPCTaskService.Delete(ctx, r)
 }

@@ -193,6 +193,47 @@ func TestRestoreMark(t *testing.T) {
 	}
 }
 
+// The checkpoint containerd extracted for a restore is removed once the
+// task has started (or is deleted unstarted); a checkpoint directory of
+// the user's (runc's CriuImagePath option) is left alone.
+func TestExtractedCheckpointRemoved(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, dir string
+		remove    func(s *Service) error
+		gone      bool
+	}{
+		{name: "started", dir: "ctrd-checkpoint123", gone: true,
+			remove: func(s *Service) error { _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c"}); return err }},
+		{name: "deleted unstarted", dir: "ctrd-checkpoint456", gone: true,
+			remove: func(s *Service) error { _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c"}); return err }},
+		{name: "an exec started", dir: "ctrd-checkpoint789",
+			remove: func(s *Service) error {
+				_, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c", ExecID: "e"})
+				return err
+			}},
+		{name: "the user's", dir: "my-checkpoint",
+			remove: func(s *Service) error { _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c"}); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), tc.dir)
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			s := New(&fakeTasks{pid: 42}, install.At("/opt/migros/bin"))
+			if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c", Checkpoint: dir}); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.remove(s); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(dir); os.IsNotExist(err) != tc.gone {
+				t.Fatalf("%s: stat %v; want gone %v", dir, err, tc.gone)
+			}
+		})
+	}
+}
+
 // A checkpoint of a container without RDMA goes to runc with the request
 // as it came; a failed one is reported.
 func TestCheckpoint(t *testing.T) {
