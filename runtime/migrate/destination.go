@@ -188,6 +188,13 @@ func (d *Destination) Preflight(ctx context.Context, req *Request) error {
 		errs = append(errs, fmt.Errorf("%s free in %s, the checkpoint needs about %s",
 			mib(int64(st.Bavail)*st.Bsize), d.Root, mib(req.Memory)))
 	}
+	if req.PreCopy != "" {
+		if !validToken.MatchString(req.PreCopy) {
+			errs = append(errs, fmt.Errorf("pre-copy %q is not a valid name", req.PreCopy))
+		} else if err := checkPreDumpRoom(req.Memory); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if req.Net != nil {
 		for _, dir := range netnsDirs {
 			if _, err := os.Stat(filepath.Join(dir, req.Net.Name)); err == nil {

@@ -226,13 +226,18 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		if err != nil {
 			return err
 		}
+		if o.PreCopy > 0 {
+			req.PreCopy = strings.ReplaceAll(path.Base(req.Checkpoint), ":", "-")
+			if err := checkPreDumpRoom(req.Memory); err != nil {
+				return fmt.Errorf("%w: pre-copy on %s: %w", errdefs.ErrFailedPrecondition, rep.From, err)
+			}
+		}
 		return dest.Do(ctx, http.MethodPost, "/v1/preflight", jsonBody(req), nil, nil)
 	}); err != nil {
 		return err
 	}
 
 	if o.PreCopy > 0 {
-		req.PreCopy = strings.ReplaceAll(path.Base(req.Checkpoint), ":", "-")
 		defer os.RemoveAll(filepath.Join(PreDumpRoot, req.PreCopy))
 		paths := o.Paths
 		if paths == (install.Paths{}) {

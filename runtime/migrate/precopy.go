@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/migros/migros/runtime/agent"
 	"github.com/migros/migros/runtime/install"
@@ -62,8 +63,31 @@ func preDump(ctx context.Context, paths install.Paths, namespace, id, dir, paren
 	cmd := exec.CommandContext(ctx, "runc", append(args, id)...)
 	cmd.Env = append(os.Environ(), "CRIU_LIBS_DIR="+paths.PluginDir, "MIGROS_BIN="+paths.Helper)
 	if out, err := cmd.CombinedOutput(); err != nil {
+		// runc quotes all of CRIU's log: its last line and CRIU's
+		// errors say it.
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		log, _ := os.ReadFile(filepath.Join(dir, "dump.log"))
-		return fmt.Errorf("pre-dump of %s: %w: %s%s", id, err, strings.TrimSpace(string(out)), criuErrors(string(log)))
+		return fmt.Errorf("pre-dump of %s: %w: %s%s", id, err, lines[len(lines)-1], criuErrors(string(log)))
+	}
+	return nil
+}
+
+// checkPreDumpRoom says whether PreDumpRoot has room for a pre-dump of
+// size bytes (a container's memory).
+func checkPreDumpRoom(size int64) error {
+	dir := PreDumpRoot
+	for {
+		if _, err := os.Stat(dir); err == nil || dir == "/" {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return err
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < size {
+		return fmt.Errorf("%s free in %s, a pre-dump needs about %s", mib(free), dir, mib(size))
 	}
 	return nil
 }
