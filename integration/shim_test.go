@@ -174,7 +174,40 @@ func startPacedMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id s
 	if out, err := g.Output(ctx, run...); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	// perftest expects each message of its TCP exchange whole in one
+	// read; a freeze in the middle of its start-up exchange may split
+	// one (the restored socket's queue, then the rest), and it fails.
+	for _, prog := range []string{"ib_write_bw", "rdmacheck"} {
+		waitConnected(ctx, t, g, prog)
+	}
 	return m
+}
+
+// waitConnected waits until program prog on g has an RC QP in RTS: it
+// has exchanged its QP's details with its peer.
+func waitConnected(ctx context.Context, t testing.TB, g *lab.Guest, prog string) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if pids, err := g.Output(ctx, "pgrep", "-x", prog); err == nil {
+			for _, pid := range strings.Fields(pids) {
+				out, err := g.Output(ctx, "migros", "rxe", "list", "--json", "--pid", pid)
+				var l qpList
+				if err != nil || json.Unmarshal([]byte(out), &l) != nil {
+					continue
+				}
+				for _, c := range l {
+					for _, q := range c.QPs {
+						if q.QPState == 3 { // IB_QPS_RTS
+							return
+						}
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s has no QP in RTS after 2 minutes", g.Name, prog)
+		}
+	}
 }
 
 // finish waits for both transfers to end, the container being on g: the
