@@ -512,20 +512,6 @@ func exportCheckpoint(ctx context.Context, client *containerd.Client, checkpoint
 	return pr
 }
 
-// digestOnEOF puts the stream's digest in the trailer as the stream ends.
-type digestOnEOF struct {
-	*stream
-	trailer http.Header
-}
-
-func (d *digestOnEOF) Read(p []byte) (int, error) {
-	n, err := d.stream.Read(p)
-	if errors.Is(err, io.EOF) {
-		d.trailer.Set(digestTrailer, d.stream.digest())
-	}
-	return n, err
-}
-
 // phaseError turns the destination's answer into a *PhaseError naming
 // where it failed; without an answer, the checkpoint did not get there.
 func phaseError(err error) error {

@@ -86,6 +86,20 @@ func (s *stream) whole() bool { return s.eof.Load() }
 // digest is the CRC-32C of what passed, in hex.
 func (s *stream) digest() string { return hex.EncodeToString(s.h.Sum(nil)) }
 
+// digestOnEOF puts the stream's digest in the trailer as the stream ends.
+type digestOnEOF struct {
+	*stream
+	trailer http.Header
+}
+
+func (d *digestOnEOF) Read(p []byte) (int, error) {
+	n, err := d.stream.Read(p)
+	if errors.Is(err, io.EOF) {
+		d.trailer.Set(digestTrailer, d.stream.digest())
+	}
+	return n, err
+}
+
 // checkDigest checks that what passed through s has the digest trailer
 // says the source sent.
 func checkDigest(trailer http.Header, s *stream) error {
