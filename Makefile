@@ -27,7 +27,7 @@ export KERNEL_ABI KERNEL_DEB CACHE OUT
 GO ?= go
 GOTEST_FLAGS ?=
 # Lab end-to-end tests: one lab for the whole run.
-E2E_TIMEOUT ?= 40m
+E2E_TIMEOUT ?= 50m
 E2E_RUN ?= .
 
 .PHONY: all deps tools kernel kernel-check binaries plugin install lab-assets lab lab-down demo \
