@@ -137,7 +137,7 @@ func Run(ctx context.Context, o Options) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	if err != nil {
-		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), logTail(o.ImagesDir, "dump.log"))
+		err = fmt.Errorf("criu dump of process %d: %w: %s%s", o.PID, err, out.String(), LogErrors(filepath.Join(o.ImagesDir, "dump.log")))
 	}
 	if err != nil || o.LeaveRunning {
 		if rerr := Resume(o.PID); rerr != nil {
@@ -166,19 +166,24 @@ func Resume(pid int) error {
 	return errors.Join(errs...)
 }
 
-// logTail picks CRIU's errors out of its log.
-func logTail(dir, log string) string {
-	b, err := os.ReadFile(filepath.Join(dir, log))
+// LogErrors is what a CRIU log at path says went wrong, its error lines,
+// ready to follow an error message; "" if it says nothing or cannot be
+// read.
+func LogErrors(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
 	var errs []string
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.Contains(l, "Error (") {
-			errs = append(errs, l)
+			errs = append(errs, strings.TrimSpace(l))
 		}
 	}
-	return fmt.Sprintf("\ncriu errors (log: %s):\n%s", filepath.Join(dir, log), strings.Join(errs, "\n"))
+	if len(errs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\ncriu errors (log: %s):\n%s", path, strings.Join(errs, "\n"))
 }
 
 // Images reads every RDMA image of a checkpoint directory, by CRIU file

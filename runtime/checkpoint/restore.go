@@ -102,7 +102,7 @@ func Restore(ctx context.Context, o RestoreOptions) (int, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("criu restore: %w: %s%s", err, out.String(), logTail(o.ImagesDir, "restore.log"))
+		return 0, fmt.Errorf("criu restore: %w: %s%s", err, out.String(), LogErrors(filepath.Join(o.ImagesDir, "restore.log")))
 	}
 	b, err := os.ReadFile(pidfile)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/migros/migros/runtime/agent"
+	"github.com/migros/migros/runtime/checkpoint"
 	"github.com/migros/migros/runtime/install"
 )
 
@@ -66,8 +67,8 @@ func preDump(ctx context.Context, paths install.Paths, namespace, id, dir, paren
 		// runc quotes all of CRIU's log: its last line and CRIU's
 		// errors say it.
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		log, _ := os.ReadFile(filepath.Join(dir, "dump.log"))
-		return fmt.Errorf("pre-dump of %s: %w: %s%s", id, err, lines[len(lines)-1], criuErrors(string(log)))
+		return fmt.Errorf("pre-dump of %s: %w: %s%s", id, err, lines[len(lines)-1],
+			checkpoint.LogErrors(filepath.Join(dir, "dump.log")))
 	}
 	return nil
 }
@@ -90,20 +91,6 @@ func checkPreDumpRoom(size int64) error {
 		return fmt.Errorf("%s free in %s, a pre-dump needs about %s", mib(free), dir, mib(size))
 	}
 	return nil
-}
-
-// criuErrors are the error lines of a CRIU log, if any.
-func criuErrors(log string) string {
-	var errs []string
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, "Error") {
-			errs = append(errs, strings.TrimSpace(l))
-		}
-	}
-	if len(errs) == 0 {
-		return ""
-	}
-	return "\n" + strings.Join(errs, "\n")
 }
 
 // writeDir writes the regular files and symbolic links of dir to w, as a
