@@ -11,6 +11,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -56,13 +57,17 @@ type Service struct {
 	// the destination each time), so the shim does once the restore is
 	// over.
 	extracted map[string]string
+	// restoreLog: containers created from a checkpoint, by ID, with the
+	// path of the log CRIU's restore writes at their Start.
+	restoreLog map[string]string
 }
 
 // New wraps inner, the runc task service; paths locate MigrOS' CRIU
 // plugin and the migros binary it runs.
 func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
 	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir,
-		restoring: map[string]bool{}, stopped: map[string]int{}, extracted: map[string]string{}}
+		restoring: map[string]bool{}, stopped: map[string]int{}, extracted: map[string]string{},
+		restoreLog: map[string]string{}}
 }
 
 // RegisterTTRPC serves the wrapper, not the runc service, as the task
@@ -101,6 +106,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	rdmaRestore := false
 	if r.Checkpoint != "" {
+		if err := relativeParent(r.Checkpoint); err != nil {
+			return nil, grpcError(err)
+		}
 		imgs, err := checkpoint.Images(r.Checkpoint)
 		if err != nil {
 			return nil, grpcError(fmt.Errorf("%w: RDMA images of checkpoint %s: %w", errdefs.ErrInvalidArgument, r.Checkpoint, err))
@@ -122,6 +130,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	if strings.HasPrefix(filepath.Base(r.Checkpoint), extractedPrefix) {
 		s.extracted[r.ID] = r.Checkpoint
+	}
+	if r.Checkpoint != "" {
+		s.restoreLog[r.ID] = filepath.Join(criuWorkPath(r), "restore.log")
 	}
 	s.mu.Unlock()
 	return resp, nil
@@ -161,10 +172,35 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
 	if r.ExecID == "" {
+		s.mu.Lock()
+		log := s.restoreLog[r.ID]
+		delete(s.restoreLog, r.ID)
+		s.mu.Unlock()
+		if err != nil && log != "" {
+			// runc's "criu failed: type RESTORE errno 0" says nothing:
+			// CRIU's log says what.
+			if e := checkpoint.LogErrors(log); e != "" {
+				err = grpcError(fmt.Errorf("%w%s", errgrpc.ToNative(err), e))
+			}
+		}
 		// Restored, or failed to: CRIU is done with the images.
 		s.dropExtracted(ctx, r.ID)
 	}
 	return resp, err
+}
+
+// criuWorkPath is where CRIU works (and logs) when the runc shim restores
+// the checkpoint of r: the runtime options' CRIU work path, or the
+// bundle's work directory.
+func criuWorkPath(r *taskAPI.CreateTaskRequest) string {
+	if r.Options != nil {
+		if v, err := typeurl.UnmarshalAny(r.Options); err == nil {
+			if o, ok := v.(*options.Options); ok && o.CriuWorkPath != "" {
+				return o.CriuWorkPath
+			}
+		}
+	}
+	return filepath.Join(r.Bundle, "work")
 }
 
 // Delete forgets a container's pending restore: one created from a
@@ -174,6 +210,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.mu.Lock()
 		delete(s.restoring, r.ID)
 		delete(s.stopped, r.ID)
+		delete(s.restoreLog, r.ID)
 		s.mu.Unlock()
 		s.dropExtracted(ctx, r.ID)
 	}
@@ -216,15 +253,17 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	if opts.WorkPath == "" && r.Path != "" {
-		// CRIU's log goes into the checkpoint: what went wrong, and
-		// where the time went (a migration reports its RDMA dump).
-		opts.WorkPath = r.Path
-		if r.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
-			return nil, grpcError(err)
-		}
+	parent, err := forRunc(opts, r.Path)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	if r.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
+		return nil, grpcError(err)
 	}
 	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
+	if err == nil && parent != "" {
+		err = grpcError(pointParent(r.Path, parent))
+	}
 	switch {
 	case err == nil && opts.Exit:
 	case err == nil && st.Status == task.Status_PAUSED:
@@ -261,6 +300,80 @@ func checkpointOptions(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*
 	log.G(ctx).Debugf("checkpoint of %s: options of type %s taken as runc's defaults", r.ID, r.Options.GetTypeUrl())
 	r.Options = nil
 	return &options.CheckpointOptions{}, nil
+}
+
+// forRunc adjusts opts for runc's checkpoint into dir: CRIU's log goes
+// into the checkpoint (what went wrong, and where the time went: a
+// migration reports its RDMA dump), and an absolute parent (a migration's
+// last pre-dump, which the destination keeps at the same path) becomes
+// relative to dir, the only kind runc takes. It returns that absolute
+// parent, which the checkpoint's parent link must name once it is taken:
+// containerd restores from a copy of the checkpoint somewhere else.
+func forRunc(opts *options.CheckpointOptions, dir string) (parent string, err error) {
+	if dir == "" {
+		return "", nil
+	}
+	if opts.WorkPath == "" {
+		opts.WorkPath = dir
+	}
+	if !filepath.IsAbs(opts.ParentPath) {
+		return "", nil
+	}
+	parent = filepath.Clean(opts.ParentPath)
+	if opts.ParentPath, err = filepath.Rel(dir, parent); err != nil {
+		return "", fmt.Errorf("%w: checkpoint parent %s: %w", errdefs.ErrInvalidArgument, parent, err)
+	}
+	return parent, nil
+}
+
+// pointParent makes the parent link of the checkpoint in dir, which CRIU
+// made relative, name parent, wherever the checkpoint goes next
+// (relativeParent makes it relative there).
+func pointParent(dir, parent string) error {
+	link := filepath.Join(dir, "parent")
+	if err := os.Remove(link); err != nil {
+		return fmt.Errorf("checkpoint parent link: %w", err)
+	}
+	if err := os.Symlink(parent, link); err != nil {
+		return fmt.Errorf("checkpoint parent link: %w", err)
+	}
+	return nil
+}
+
+// relativeParent makes the parent link of the checkpoint in dir relative
+// to dir if it is absolute (pointParent): CRIU's restored process opens
+// it once inside the container's root, where only a path relative to the
+// images directory, which CRIU holds open, leads out to it.
+func relativeParent(dir string) error {
+	link := filepath.Join(dir, "parent")
+	fi, err := os.Lstat(link)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && fi.Mode()&os.ModeSymlink == 0) {
+		return nil
+	}
+	var parent string
+	if err == nil {
+		parent, err = os.Readlink(link)
+	}
+	if err == nil && !filepath.IsAbs(parent) {
+		return nil
+	}
+	if err == nil {
+		_, err = os.Stat(parent)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: checkpoint %s: its parent: %w", errdefs.ErrFailedPrecondition, dir, err)
+	}
+	rel, err := filepath.Rel(dir, parent)
+	if err == nil {
+		err = os.Remove(link)
+	}
+	if err == nil {
+		err = os.Symlink(rel, link)
+	}
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: its parent link: %w", dir, err)
+	}
+	return nil
 }
 
 // grpcError is err as the task API carries it to containerd: its errdefs

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -41,6 +42,7 @@ type fakeTasks struct {
 	started      []string
 	checkpointed []*taskAPI.CheckpointTaskRequest
 	failCkpt     error
+	failStart    error
 	status       task.Status
 	resumed      []string
 }
@@ -52,7 +54,7 @@ func (f *fakeTasks) Create(_ context.Context, r *taskAPI.CreateTaskRequest) (*ta
 
 func (f *fakeTasks) Start(_ context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	f.started = append(f.started, r.ID)
-	return &taskAPI.StartResponse{Pid: f.pid}, nil
+	return &taskAPI.StartResponse{Pid: f.pid}, f.failStart
 }
 
 func (f *fakeTasks) Delete(_ context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
@@ -469,5 +471,137 @@ func TestGRPCError(t *testing.T) {
 	}
 	if grpcError(nil) != nil {
 		t.Fatal("nil error became an error")
+	}
+}
+
+func TestForRunc(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		dir, work, par   string
+		wantWork         string
+		wantPar, wantAbs string
+	}{
+		{name: "no checkpoint directory", work: "", par: "/p", wantPar: "/p"},
+		{name: "log into the checkpoint", dir: "/c/ckpt", wantWork: "/c/ckpt"},
+		{name: "work path kept", dir: "/c/ckpt", work: "/w", wantWork: "/w"},
+		{name: "relative parent kept", dir: "/c/ckpt", par: "../pre-1", wantWork: "/c/ckpt", wantPar: "../pre-1"},
+		{name: "absolute parent made relative", dir: "/tmp/ctrd-1/ckpt", par: "/var/lib/migros/migrate/t/pre-2/",
+			wantWork: "/tmp/ctrd-1/ckpt", wantPar: "../../../var/lib/migros/migrate/t/pre-2", wantAbs: "/var/lib/migros/migrate/t/pre-2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &options.CheckpointOptions{WorkPath: tc.work, ParentPath: tc.par}
+			abs, err := forRunc(o, tc.dir)
+			if err != nil || o.WorkPath != tc.wantWork || o.ParentPath != tc.wantPar || abs != tc.wantAbs {
+				t.Fatalf("work %q parent %q abs %q (%v), want %q %q %q", o.WorkPath, o.ParentPath, abs, err,
+					tc.wantWork, tc.wantPar, tc.wantAbs)
+			}
+		})
+	}
+}
+
+func TestPointParent(t *testing.T) {
+	dir := t.TempDir()
+	if err := pointParent(dir, "/p"); err == nil {
+		t.Fatal("a checkpoint without a parent link was given one")
+	}
+	if err := os.Symlink("../../pre-2", filepath.Join(dir, "parent")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pointParent(dir, "/var/lib/migros/migrate/t/pre-2"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(filepath.Join(dir, "parent")); err != nil || l != "/var/lib/migros/migrate/t/pre-2" {
+		t.Fatalf("parent link %q (%v)", l, err)
+	}
+}
+
+// A failed restore's error carries what CRIU's log says went wrong, from
+// the bundle's work directory or the runtime options' CRIU work path.
+func TestRestoreErrorHasCRIULog(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		workOpt bool
+		log     string
+		want    string
+	}{
+		{name: "bundle's work directory", log: "(00.1) x\n(00.2) Error (criu/pagemap.c:1): no parent\n", want: "Error (criu/pagemap.c:1): no parent"},
+		{name: "options' work path", workOpt: true, log: "(00.2) Error (criu/cr-restore.c:9): boom\n", want: "Error (criu/cr-restore.c:9): boom"},
+		{name: "no error in the log", log: "(00.1) fine\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle, work := t.TempDir(), t.TempDir()
+			r := &taskAPI.CreateTaskRequest{ID: "c", Bundle: bundle, Checkpoint: t.TempDir()}
+			logDir := filepath.Join(bundle, "work")
+			if tc.workOpt {
+				r.Options, logDir = anyOf(t, &options.Options{CriuWorkPath: work}), work
+			}
+			if err := os.MkdirAll(logDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"ociVersion": "1.2.0"}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(logDir, "restore.log"), []byte(tc.log), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f := &fakeTasks{pid: 42, failStart: errgrpc.ToGRPC(errors.New("criu failed: type RESTORE errno 0"))}
+			s := New(f, install.At("/opt/migros/bin"))
+			if _, err := s.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c"})
+			if err == nil || !strings.Contains(err.Error(), "criu failed: type RESTORE errno 0") ||
+				(tc.want != "" && !strings.Contains(err.Error(), tc.want)) ||
+				(tc.want == "" && strings.Contains(err.Error(), "criu errors")) {
+				t.Fatalf("start: %v, want runc's error with %q", err, tc.want)
+			}
+			if len(s.restoreLog) != 0 {
+				t.Fatalf("restore log still kept: %v", s.restoreLog)
+			}
+		})
+	}
+}
+
+// A checkpoint's absolute parent link (a migration's last pre-dump) is
+// made relative to the checkpoint before the restore; relative links, a
+// checkpoint without a parent and a missing parent are told apart.
+func TestRelativeParent(t *testing.T) {
+	root := t.TempDir()
+	pre := filepath.Join(root, "var", "pre-2")
+	if err := os.MkdirAll(pre, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, link, want string
+		wantErr          error
+	}{
+		{name: "no parent"},
+		{name: "absolute", link: pre, want: "../../var/pre-2"},
+		{name: "relative", link: "../elsewhere", want: "../elsewhere"},
+		{name: "absolute, missing", link: filepath.Join(root, "gone"), wantErr: errdefs.ErrFailedPrecondition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(root, "tmp", tc.name)
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if tc.link != "" {
+				if err := os.Symlink(tc.link, filepath.Join(dir, "parent")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := relativeParent(dir)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("error %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			got, lerr := os.Readlink(filepath.Join(dir, "parent"))
+			if err != nil || (tc.link == "" && !os.IsNotExist(lerr)) || (tc.link != "" && got != tc.want) {
+				t.Fatalf("link %q (%v, %v), want %q", got, err, lerr, tc.want)
+			}
+		})
 	}
 }

@@ -295,16 +295,18 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	}
 	var img containerd.Image
 	if err := rep.run(o, PhaseCheckpoint, func() error {
-		opts := []containerd.CheckpointOpts{containerd.WithCheckpointRuntime,
-			containerd.WithCheckpointRW, containerd.WithCheckpointTask}
+		var opts []containerd.CheckpointOpts
 		if req.PreCopy != "" {
 			// Only what changed since the last pre-dump, and all the
 			// registered memory, which the NIC writes unseen.
 			if _, err := checkpoint.Redirty(int(task.Pid())); err != nil {
 				return errors.Join(err, checkpoint.Resume(int(task.Pid())))
 			}
+			// Before WithCheckpointTask, which sends the options as
+			// they are when it runs.
 			opts = append(opts, withParent(preDumpDir(req.PreCopy, o.PreCopy)))
 		}
+		opts = append(opts, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 		// Leaving it paused: the shim keeps its QPs Stopped.
 		var err error
 		if img, err = c.Checkpoint(ctx, req.Checkpoint, opts...); err != nil {
