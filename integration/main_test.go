@@ -75,7 +75,38 @@ func run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "e2e: lab teardown:", err)
 		}
 	}()
-	return m.Run()
+	code := m.Run()
+	// Whatever the tests checked, a kernel that warned is a failure.
+	for _, g := range l.Guests() {
+		out, err := g.Output(ctx, "dmesg")
+		if w := warnings(out); err != nil || len(w) > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: guest %s's kernel warned (%v):\n%s\n", g.Name, err, strings.Join(w, "\n"))
+			code = 1
+		}
+	}
+	return code
+}
+
+// warnings are the lines of a kernel log that report a warning, a bug or
+// an oops.
+func warnings(dmesg string) []string {
+	var w []string
+	for _, l := range strings.Split(dmesg, "\n") {
+		if strings.Contains(l, "WARNING:") || strings.Contains(l, "BUG:") || strings.Contains(l, "Oops") {
+			w = append(w, strings.TrimSpace(l))
+		}
+	}
+	return w
+}
+
+// kernelWarnings are the warnings in g's kernel log so far.
+func kernelWarnings(ctx context.Context, t testing.TB, g *lab.Guest) []string {
+	t.Helper()
+	out, err := g.Output(ctx, "dmesg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return warnings(out)
 }
 
 // guest returns the lab guest called name, failing the test if it is

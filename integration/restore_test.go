@@ -314,8 +314,8 @@ func TestRestoreHeldRequests(t *testing.T) {
 		name string
 		argv []string
 	}{
-		{"uc", []string{"ibv_uc_pingpong", "-g", "1", "-c", "-n", "2000"}},
-		{"ud", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512", "-n", "4000"}},
+		{"uc", []string{"ibv_uc_pingpong", "-g", "1", "-c", "-n", "3000"}},
+		{"ud", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512", "-n", "10000"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)
@@ -336,7 +336,14 @@ func TestRestoreHeldRequests(t *testing.T) {
 			stopQPs(ctx, t, src, pid)
 			signal("-CONT")
 			time.Sleep(300 * time.Millisecond)
+			warned := kernelWarnings(ctx, t, src)
 			move(ctx, t, src, dst, pid, out, images)
+			// CRIU kills the dumped process: its Stopped QP goes with
+			// the requests it holds (each a reference on the QP).
+			if w := kernelWarnings(ctx, t, src); len(w) > len(warned) {
+				t.Errorf("src's kernel warned while the process with held requests exited:\n%s",
+					strings.Join(w[len(warned):], "\n"))
+			}
 			insp, err := dst.Output(ctx, "migros", "inspect", images)
 			held := regexp.MustCompile(`; requests held: [1-9][0-9]*`).FindString(insp)
 			if err != nil || held == "" {
