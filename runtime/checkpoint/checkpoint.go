@@ -151,19 +151,35 @@ func Run(ctx context.Context, o Options) error {
 // still runs.
 func Resume(pid int) error {
 	var errs []error
+	_ = eachContext(pid, func(p int, c *rdma.Context) error {
+		if _, err := c.Resume(); err != nil {
+			errs = append(errs, fmt.Errorf("resuming process %d: %w", p, err))
+		}
+		return nil // resume the others all the same
+	})
+	return errors.Join(errs...)
+}
+
+// eachContext calls fn with each RDMA context of each process of the tree
+// rooted at pid (processes gone meanwhile, or without RDMA, have none),
+// until fn fails; every context is closed after.
+func eachContext(pid int, fn func(p int, c *rdma.Context) error) error {
 	for _, p := range tree(pid) {
 		ctxs, err := rdma.OpenPID(p)
 		if err != nil {
-			continue // gone
+			continue
 		}
 		for _, c := range ctxs {
-			if _, err := c.Resume(); err != nil {
-				errs = append(errs, fmt.Errorf("resuming process %d: %w", p, err))
+			if err == nil {
+				err = fn(p, c)
 			}
 			c.Close()
 		}
+		if err != nil {
+			return err
+		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // LogErrors is what a CRIU log at path says went wrong, its error lines,
@@ -218,19 +234,16 @@ func Images(dir string) (map[int]*image.Context, error) {
 // host must have free to take the processes over.
 func HeldIDs(pid int) (map[string][]rdma.ID, error) {
 	held := map[string][]rdma.ID{}
-	for _, p := range tree(pid) {
-		ctxs, err := rdma.OpenPID(p)
+	err := eachContext(pid, func(p int, c *rdma.Context) error {
+		d, err := c.Dump()
 		if err != nil {
-			continue // gone
+			return fmt.Errorf("RDMA objects of process %d: %w", p, err)
 		}
-		for _, c := range ctxs {
-			d, err := c.Dump()
-			c.Close()
-			if err != nil {
-				return nil, fmt.Errorf("RDMA objects of process %d: %w", p, err)
-			}
-			held[d.Path] = append(held[d.Path], d.IDs()...)
-		}
+		held[d.Path] = append(held[d.Path], d.IDs()...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return held, nil
 }

@@ -25,34 +25,28 @@ import (
 func Redirty(pid int) (int64, error) {
 	var total int64
 	buf := make([]byte, 1<<20)
-	for _, p := range tree(pid) {
-		ctxs, err := rdma.OpenPID(p)
+	err := eachContext(pid, func(p int, c *rdma.Context) error {
+		_, err := c.Stop()
+		var d *rdma.ContextDump
+		if err == nil {
+			d, err = c.Dump()
+		}
 		if err != nil {
-			continue // gone, or no RDMA
+			return fmt.Errorf("RDMA objects of process %d: %w", p, err)
 		}
-		for _, c := range ctxs {
-			_, err := c.Stop()
-			var d *rdma.ContextDump
-			if err == nil {
-				d, err = c.Dump()
+		for _, m := range d.MRs {
+			if m.Access&accessLocalWrite == 0 {
+				continue
 			}
-			c.Close()
+			n, err := rewrite(p, m.Start, m.Length, buf)
+			total += n
 			if err != nil {
-				return total, fmt.Errorf("RDMA objects of process %d: %w", p, err)
-			}
-			for _, m := range d.MRs {
-				if m.Access&accessLocalWrite == 0 {
-					continue
-				}
-				n, err := rewrite(p, m.Start, m.Length, buf)
-				total += n
-				if err != nil {
-					return total, fmt.Errorf("process %d, MR %#x (%d bytes at %#x): %w", p, m.LKey, m.Length, m.Start, err)
-				}
+				return fmt.Errorf("process %d, MR %#x (%d bytes at %#x): %w", p, m.LKey, m.Length, m.Start, err)
 			}
 		}
-	}
-	return total, nil
+		return nil
+	})
+	return total, err
 }
 
 // accessLocalWrite is IBV_ACCESS_LOCAL_WRITE, which every access that
