@@ -482,12 +482,14 @@ func send(ctx context.Context, dest *agent.Client, req *Request, ckpt io.ReadClo
 	err = dest.Send(ctx, http.MethodPost, "/v1/restore", sum, http.Header{requestHeader: {string(hdr)}}, trailer, res)
 	close(done)
 	var se *agent.StatusError
-	if err == nil || errors.As(err, &se) || !body.whole() || ctx.Err() != nil {
+	if err == nil || errors.As(err, &se) || !body.whole() {
 		return phaseError(err)
 	}
-	// No answer, but the destination had it all.
+	// No answer (the connection went, or this command was interrupted),
+	// but the destination had it all and restores it without us: ask,
+	// even if interrupted, for the source must not run twice.
 	o.progress(Progress{Phase: PhaseRestore + " (asking the destination what became of it)"})
-	out, qerr := awaitOutcome(ctx, dest, req)
+	out, qerr := awaitOutcome(context.WithoutCancel(ctx), dest, req)
 	switch {
 	case qerr != nil:
 		return &unknownOutcome{id: req.ID, err: err, query: qerr}

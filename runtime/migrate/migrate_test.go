@@ -178,6 +178,9 @@ func TestSend(t *testing.T) {
 		restore func(t *testing.T, w http.ResponseWriter, r *http.Request)
 		outcome *Outcome // nil: must not be asked
 		phase   string   // of the error, "" for none
+		// interrupt: the source's command is interrupted once the
+		// destination has the whole checkpoint (restore unused).
+		interrupt bool
 	}{
 		{name: "answered", restore: func(t *testing.T, w http.ResponseWriter, r *http.Request) {
 			readAll(t, r, false)
@@ -207,14 +210,27 @@ func TestSend(t *testing.T) {
 			readAll(t, r, false)
 			panic(http.ErrAbortHandler)
 		}, outcome: &Outcome{State: StateAbsent}, phase: PhaseTransfer},
+		{name: "interrupted, restored there", interrupt: true, outcome: &Outcome{State: StateRunning, Result: &result}},
+		{name: "interrupted, failed there", interrupt: true,
+			outcome: &Outcome{State: StateFailed, Phase: PhaseRestore, Error: "runc: boom"}, phase: PhaseRestore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.fault != "" {
 				t.Setenv(FaultEnv, tc.fault)
 			}
 			asked := false
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
 			dest := fakeDestination(t,
-				func(w http.ResponseWriter, r *http.Request) { tc.restore(t, w, r) },
+				func(w http.ResponseWriter, r *http.Request) {
+					if tc.interrupt {
+						readAll(t, r, false)
+						cancel()
+						<-r.Context().Done()
+						return
+					}
+					tc.restore(t, w, r)
+				},
 				func(w http.ResponseWriter, r *http.Request) {
 					asked = true
 					if r.URL.Query().Get("checkpoint") != ckpt || tc.outcome == nil {
@@ -225,7 +241,7 @@ func TestSend(t *testing.T) {
 					agent.WriteJSON(w, http.StatusOK, tc.outcome)
 				})
 			var res Result
-			err := send(context.Background(), dest, &Request{ID: "c", Checkpoint: ckpt},
+			err := send(ctx, dest, &Request{ID: "c", Checkpoint: ckpt},
 				io.NopCloser(strings.NewReader(data)), &res, Options{})
 			if tc.phase == "" {
 				if err != nil || res != result {
