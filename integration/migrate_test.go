@@ -304,7 +304,8 @@ func TestMigrateFaults(t *testing.T) {
 	pki := agentPKI(t, src, dst)
 	removeMoved(t, id, src, dst)
 	dstAgent, _ := runAgent(ctx, t, dst, pki)
-	m := startPacedMover(ctx, t, src, peer, id, 45*time.Millisecond)
+	// rdmacheck alone, checked at both ends: see startPacedMover.
+	m := startPacedMover(ctx, t, src, peer, id, 45*time.Millisecond, false)
 	sh := func(g *lab.Guest, script string) {
 		t.Helper()
 		if out, err := g.Output(ctx, "sh", "-c", script); err != nil {
