@@ -330,14 +330,18 @@ func forRunc(opts *options.CheckpointOptions, dir string) (parent string, err er
 // made relative, name parent, wherever the checkpoint goes next
 // (relativeParent makes it relative there).
 func pointParent(dir, parent string) error {
-	link := filepath.Join(dir, "parent")
-	if err := os.Remove(link); err != nil {
-		return fmt.Errorf("checkpoint parent link: %w", err)
-	}
-	if err := os.Symlink(parent, link); err != nil {
+	if err := relink(filepath.Join(dir, "parent"), parent); err != nil {
 		return fmt.Errorf("checkpoint parent link: %w", err)
 	}
 	return nil
+}
+
+// relink makes the symbolic link at link, which must exist, name target.
+func relink(link, target string) error {
+	if err := os.Remove(link); err != nil {
+		return err
+	}
+	return os.Symlink(target, link)
 }
 
 // relativeParent makes the parent link of the checkpoint in dir relative
@@ -365,10 +369,7 @@ func relativeParent(dir string) error {
 	}
 	rel, err := filepath.Rel(dir, parent)
 	if err == nil {
-		err = os.Remove(link)
-	}
-	if err == nil {
-		err = os.Symlink(rel, link)
+		err = relink(link, rel)
 	}
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: its parent link: %w", dir, err)
