@@ -106,8 +106,10 @@ func TestIDRangePolicy(t *testing.T) {
 	src.RemoveContainer(ctx, id)
 
 	policy(`# this host\nqpn = 0x5000-0x50ff\nmr = 0x500-0x5ff\n`)
-	server, serverOut := serve(ctx, t, peer, "rdmacheck", "-n", "1000", "-s", "4096")
-	startInContainer(ctx, t, src, c, "rdmacheck", "-n", "1000", "-s", "4096", "-w", "2000", peer.Addr())
+	// The checks below look at both ends' QPs while they run: the traffic
+	// (about 15 s) must outlast them on a slow guest.
+	server, serverOut := serve(ctx, t, peer, "rdmacheck", "-n", rdmacheckMsgs, "-s", "4096")
+	startInContainer(ctx, t, src, c, "rdmacheck", "-n", rdmacheckMsgs, "-s", "4096", "-w", "5000", peer.Addr())
 	pid := pidOf(ctx, t, src, "rdmacheck")
 	out, err := src.Output(ctx, "migros", "rxe", "dump", "--pid", pid)
 	if err != nil {
@@ -136,7 +138,7 @@ func TestIDRangePolicy(t *testing.T) {
 		t.Errorf("migros ids: %v\n%s", err, out)
 	}
 	waitOK(t, "the peer", server, serverOut, 2*time.Minute)
-	if !strings.Contains(serverOut.String(), "received 1000 messages of 4096 bytes, all in order and intact") {
+	if !strings.Contains(serverOut.String(), "received "+rdmacheckMsgs+" messages of 4096 bytes, all in order and intact") {
 		t.Fatalf("peer:\n%s", serverOut)
 	}
 }
