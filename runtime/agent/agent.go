@@ -195,22 +195,98 @@ func (c *Client) Send(ctx context.Context, method, path string, body io.Reader, 
 		req.Header[k] = v
 	}
 	req.Trailer = trailer
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// do sends req; an answer other than 200 OK is a *StatusError.
+func (c *Client) do(req *http.Request) (*http.Response, error) {
 	addr := strings.TrimPrefix(c.base, "https://")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("agent at %s: %w", addr, err)
+		return nil, fmt.Errorf("agent at %s: %w", addr, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
 		e := &StatusError{Addr: addr, Status: resp.Status}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(b, &e.Fields) != nil || e.Fields["error"] == "" {
 			e.Fields = map[string]string{"error": strings.TrimSpace(string(b))}
 		}
-		return e
+		return nil, e
 	}
-	if out == nil {
-		return nil
+	return resp, nil
+}
+
+// Duplex is a two-way byte stream with an agent's handler (Client.Open),
+// one HTTP/2 stream: what is written is the request's body, what is
+// read the answer's, both under way at once.
+type Duplex struct {
+	w    *io.PipeWriter
+	resp *http.Response
+}
+
+// Open opens a Duplex with the agent's handler of path, which must
+// answer 200 OK (and flush it) before it reads the body.
+func (c *Client) Open(ctx context.Context, path string, header http.Header) (*Duplex, error) {
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, pr)
+	if err != nil {
+		return nil, err
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		pw.CloseWithError(err)
+		return nil, err
+	}
+	return &Duplex{w: pw, resp: resp}, nil
+}
+
+func (d *Duplex) Read(p []byte) (int, error)  { return d.resp.Body.Read(p) }
+func (d *Duplex) Write(p []byte) (int, error) { return d.w.Write(p) }
+
+// CloseWrite ends what is sent: the handler reads the end of the body.
+func (d *Duplex) CloseWrite() error { return d.w.Close() }
+
+// Close ends the stream both ways.
+func (d *Duplex) Close() error {
+	d.w.CloseWithError(errDuplexClosed)
+	return d.resp.Body.Close()
+}
+
+var errDuplexClosed = errors.New("stream closed")
+
+// DuplexAnswer answers a Duplex's request 200 OK, and is where its
+// handler writes: each write reaches the client as it is made, while the
+// handler still reads the request's body.
+func DuplexAnswer(w http.ResponseWriter) (io.Writer, error) {
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil, err
+	}
+	return flushWriter{w, rc}, nil
+}
+
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
 }

@@ -3,8 +3,12 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -117,5 +121,63 @@ func TestInitAddsHosts(t *testing.T) {
 		if err := Init(dir, []Host{bad}, time.Hour); err == nil {
 			t.Errorf("host name %q accepted", bad.Name)
 		}
+	}
+}
+
+// A Duplex carries both ways at once: the handler answers each line as
+// it comes, before the client has sent the rest, and a count at the end.
+func TestDuplex(t *testing.T) {
+	dir := pki(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &Server{ID: identity(t, filepath.Join(dir, "a")), Info: HostInfo, Routes: map[string]http.HandlerFunc{
+		"POST /v1/upper": func(w http.ResponseWriter, r *http.Request) {
+			out, err := DuplexAnswer(w)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := 0
+			for sc := bufio.NewScanner(r.Body); sc.Scan(); n++ {
+				fmt.Fprintln(out, strings.ToUpper(sc.Text()))
+			}
+			fmt.Fprintf(out, "%d lines\n", n)
+		},
+	}}
+	go s.Serve(ctx, l)
+
+	d, err := NewClient(identity(t, filepath.Join(dir, "b")), l.Addr().String()).Open(ctx, "/v1/upper", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	in := bufio.NewReader(d)
+	for _, line := range []string{"one", "two"} {
+		fmt.Fprintln(d, line)
+		got, err := in.ReadString('\n')
+		if err != nil || got != strings.ToUpper(line)+"\n" {
+			t.Fatalf("sent %q, read %q, %v", line, got, err)
+		}
+	}
+	if err := d.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(in); err != nil || string(rest) != "2 lines\n" {
+		t.Fatalf("after the end: %q, %v", rest, err)
+	}
+}
+
+// Open of a path the agent does not serve is its error.
+func TestDuplexRefused(t *testing.T) {
+	dir := pki(t)
+	addr := serve(t, identity(t, filepath.Join(dir, "a")))
+	_, err := NewClient(identity(t, filepath.Join(dir, "b")), addr).Open(context.Background(), "/v1/nothing", nil)
+	var se *StatusError
+	if !errors.As(err, &se) || !strings.Contains(se.Status, "404") {
+		t.Fatalf("Open of an unknown path: %v", err)
 	}
 }
