@@ -21,6 +21,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	runc "github.com/containerd/go-runc"
@@ -42,6 +43,9 @@ type Service struct {
 	// rxeParams holds rdma_rxe's module parameters, where the host's ID
 	// range policy goes.
 	rxeParams string
+	// pageServers holds the requests for page servers of containers'
+	// next checkpoints (checkpoint.SetPageServer).
+	pageServers string
 
 	mu sync.Mutex
 	// restoring: containers created from a checkpoint with RDMA state,
@@ -65,7 +69,7 @@ type Service struct {
 // New wraps inner, the runc task service; paths locate MigrOS' CRIU
 // plugin and the migros binary it runs.
 func New(inner taskAPI.TTRPCTaskService, paths install.Paths) *Service {
-	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir,
+	return &Service{TTRPCTaskService: inner, paths: paths, rxeParams: idrange.ParamsDir, pageServers: checkpoint.PageServerRoot,
 		restoring: map[string]bool{}, stopped: map[string]int{}, extracted: map[string]string{},
 		restoreLog: map[string]string{}}
 }
@@ -107,6 +111,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	rdmaRestore := false
 	if r.Checkpoint != "" {
 		if err := relativeParent(r.Checkpoint); err != nil {
+			return nil, grpcError(err)
+		}
+		if err := checkpoint.LinkPages(r.Checkpoint); err != nil {
 			return nil, grpcError(err)
 		}
 		imgs, err := checkpoint.Images(r.Checkpoint)
@@ -260,9 +267,19 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if r.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
 		return nil, grpcError(err)
 	}
-	resp, err := s.TTRPCTaskService.Checkpoint(s.withPlugin(ctx), r)
+	cctx, pages, err := s.withPageServer(s.withPlugin(ctx), r)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	resp, err := s.TTRPCTaskService.Checkpoint(cctx, r)
+	if pages != "" {
+		os.Remove(pageServerConfig(cctx, s.pageServers, r.ID))
+	}
 	if err == nil && parent != "" {
 		err = grpcError(pointParent(r.Path, parent))
+	}
+	if err == nil && pages != "" {
+		err = grpcError(os.Symlink(pages, filepath.Join(r.Path, checkpoint.PagesLink)))
 	}
 	switch {
 	case err == nil && opts.Exit:
@@ -279,6 +296,41 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		}
 	}
 	return resp, err
+}
+
+// withPageServer is ctx with the CRIU configuration that sends the
+// memory pages of r's checkpoint to a page server, if one was asked for
+// the container (checkpoint.SetPageServer), and the directory they go to
+// on the host that restores it; ctx as it is if none was.
+func (s *Service) withPageServer(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (context.Context, string, error) {
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok {
+		return ctx, "", nil
+	}
+	ps, err := checkpoint.TakePageServer(s.pageServers, ns, r.ID)
+	if err != nil || ps == nil {
+		return ctx, "", err
+	}
+	if r.Path == "" {
+		return nil, "", fmt.Errorf("%w: checkpoint of %s to a page server: no image path", errdefs.ErrInvalidArgument, r.ID)
+	}
+	conf, err := ps.CRIUConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	// Not in the checkpoint: containerd archives all of it.
+	path := pageServerConfig(ctx, s.pageServers, r.ID)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, "", err
+	}
+	return runc.WithExtraEnv(ctx, "CRIU_CONFIG_FILE="+path), ps.Dir, nil
+}
+
+// pageServerConfig is where withPageServer writes the CRIU
+// configuration of container id's checkpoint.
+func pageServerConfig(ctx context.Context, root, id string) string {
+	ns, _ := namespaces.Namespace(ctx)
+	return filepath.Join(root, ns, id+".criu.conf")
 }
 
 // checkpointOptions are r's runc checkpoint options. The runc service

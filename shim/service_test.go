@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/migros/migros/rdma"
 	"github.com/migros/migros/rdma/image"
+	"github.com/migros/migros/runtime/checkpoint"
 	"github.com/migros/migros/runtime/install"
 	"github.com/migros/migros/runtime/rdmadev"
 )
@@ -45,6 +47,7 @@ type fakeTasks struct {
 	failStart    error
 	status       task.Status
 	resumed      []string
+	onCheckpoint func() // while runc would checkpoint
 }
 
 func (f *fakeTasks) Create(_ context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
@@ -72,6 +75,9 @@ func (f *fakeTasks) Resume(_ context.Context, r *taskAPI.ResumeRequest) (*emptyp
 
 func (f *fakeTasks) Checkpoint(_ context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
 	f.checkpointed = append(f.checkpointed, r)
+	if f.onCheckpoint != nil {
+		f.onCheckpoint()
+	}
 	return &emptypb.Empty{}, f.failCkpt
 }
 
@@ -603,5 +609,47 @@ func TestRelativeParent(t *testing.T) {
 				t.Fatalf("link %q (%v, %v), want %q", got, err, lerr, tc.want)
 			}
 		})
+	}
+}
+
+// A checkpoint asked to send its pages to a page server has CRIU
+// configured for it while runc checkpoints, and ends with the link to
+// where the pages went; the request serves once.
+func TestCheckpointToPageServer(t *testing.T) {
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	root, ckpt := t.TempDir(), t.TempDir()
+	var conf string
+	f := &fakeTasks{pid: uint32(os.Getpid()), status: task.Status_RUNNING}
+	f.onCheckpoint = func() {
+		b, _ := os.ReadFile(filepath.Join(root, "default", "c.criu.conf"))
+		conf = string(b)
+	}
+	s := New(f, install.At("/opt/migros/bin"))
+	s.pageServers = root
+	ps := checkpoint.PageServer{Address: "127.0.0.1:41000", Dir: "/var/lib/migros/migrate/t/pages"}
+	if _, err := checkpoint.SetPageServer(root, "default", "c", ps); err != nil {
+		t.Fatal(err)
+	}
+	r := &taskAPI.CheckpointTaskRequest{ID: "c", Path: ckpt, Options: anyOf(t, &options.CheckpointOptions{})}
+	if _, err := s.Checkpoint(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if want := "page-server\naddress 127.0.0.1\nport 41000\n"; conf != want {
+		t.Errorf("CRIU's configuration during the checkpoint: %q, want %q", conf, want)
+	}
+	if l, err := os.Readlink(filepath.Join(ckpt, checkpoint.PagesLink)); err != nil || l != ps.Dir {
+		t.Errorf("pages link %q, %v", l, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "default", "c.criu.conf")); err == nil {
+		t.Error("CRIU's configuration left behind")
+	}
+	// The next checkpoint keeps its pages.
+	conf, ckpt = "", t.TempDir()
+	r.Path = ckpt
+	if _, err := s.Checkpoint(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(ckpt, checkpoint.PagesLink)); conf != "" || err == nil {
+		t.Errorf("a second checkpoint used the page server (configuration %q)", conf)
 	}
 }
