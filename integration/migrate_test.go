@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -68,11 +69,13 @@ func removeMoved(t testing.TB, id string, gs ...*lab.Guest) {
 }
 
 // migrateTo moves container id from one guest to another with migros
-// migrate, with preCopy rounds of pre-copy, and checks its report.
-func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki string, preCopy int) migrate.Report {
+// migrate, with preCopy rounds of pre-copy and its final dump's memory
+// streamed to a page server or (pageServer false) in the checkpoint, and
+// checks its report.
+func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki string, preCopy int, pageServer bool) migrate.Report {
 	t.Helper()
 	out, err := from.Output(ctx, "migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name),
-		"--pre-copy", fmt.Sprint(preCopy), "--json")
+		"--pre-copy", fmt.Sprint(preCopy), fmt.Sprintf("--page-server=%v", pageServer), "--json")
 	var rep migrate.Report
 	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err != nil {
 		t.Fatalf("migrate %s -> %s: %v (%v)\n%s", from.Name, to.Name, err, jerr, out)
@@ -106,6 +109,11 @@ func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki s
 	if rep.Error != "" || rep.BlackoutMS <= 0 || rep.TotalMS < rep.BlackoutMS || rep.Bytes <= 0 || rep.ToHost != to.Name {
 		t.Errorf("report %+v", rep)
 	}
+	// Streamed, the memory went ahead of the rest.
+	if streamed := rep.StreamedBytes > 0 && rep.StreamedBytes < rep.Bytes; streamed != pageServer || rep.StreamedBytes < 0 {
+		t.Errorf("%.1f MiB of %.1f MiB streamed, page server %v", float64(rep.StreamedBytes)/(1<<20),
+			float64(rep.Bytes)/(1<<20), pageServer)
+	}
 	if st := taskStatus(ctx, t, to, id); st != "RUNNING" {
 		t.Fatalf("container is %s on %s after the migration", st, to.Name)
 	}
@@ -117,10 +125,12 @@ func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki s
 }
 
 // A container with ib_write_bw and rdmacheck running against the peer
-// (a mover) moves src -> dst -> src with migros migrate, mid-transfer:
-// both transfers finish, every message intact, no error on the peer; each
-// report has every phase, its blackout and the checkpoint's size, and
-// the time of the RDMA dump and restore.
+// (a mover) moves src -> dst -> src with migros migrate, mid-transfer,
+// its memory streamed to the destination's page server the first time,
+// in the checkpoint the second: both transfers finish, every message
+// intact, no error on the peer; each report has every phase, its
+// blackout and the checkpoint's size, and the time of the RDMA dump and
+// restore.
 func TestMigrate(t *testing.T) {
 	ctx := testContext(t, 12*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
@@ -131,9 +141,9 @@ func TestMigrate(t *testing.T) {
 	startAgent(ctx, t, dst, pki)
 	m := startMover(ctx, t, src, peer, id)
 	time.Sleep(3 * time.Second)
-	reps := []migrate.Report{migrateTo(ctx, t, src, dst, id, pki, 0)}
+	reps := []migrate.Report{migrateTo(ctx, t, src, dst, id, pki, 0, true)}
 	time.Sleep(2 * time.Second)
-	reps = append(reps, migrateTo(ctx, t, dst, src, id, pki, 0))
+	reps = append(reps, migrateTo(ctx, t, dst, src, id, pki, 0, false))
 	m.finish(ctx, t, src)
 	// Its RDMA state was dumped and restored, each time.
 	for _, r := range reps {
@@ -178,7 +188,7 @@ func TestMigrateMixed(t *testing.T) {
 			t.Fatalf("the peer's rdmacheck ended before migration %d:\n%s", i+1, serverOut.String())
 		default:
 		}
-		migrateTo(ctx, t, at, other, id, pki, 2)
+		migrateTo(ctx, t, at, other, id, pki, 2, true)
 		at, other = other, at
 		time.Sleep(2 * time.Second)
 	}
@@ -216,10 +226,11 @@ func (l *lockedBuffer) String() string {
 
 // failMigration runs migros migrate of id from one guest to another with
 // env and args added, calls inject (if set) once the source says it is
-// sending the checkpoint, and returns the report of the failure it must
+// sending in phase at (the checkpoint's memory to the page server, or the
+// rest in the transfer), and returns the report of the failure it must
 // end in.
 func failMigration(ctx context.Context, t *testing.T, from, to *lab.Guest, id, pki string, env []string,
-	inject func(), args ...string) migrate.Report {
+	inject func(), at string, args ...string) migrate.Report {
 	t.Helper()
 	var stdout, stderr lockedBuffer
 	argv := append([]string{"migros", "migrate", id, "--to", to.Addr(), "--pki", filepath.Join(pki, from.Name), "--json"}, args...)
@@ -228,7 +239,8 @@ func failMigration(ctx context.Context, t *testing.T, from, to *lab.Guest, id, p
 		t.Fatal(err)
 	}
 	if inject != nil {
-		for !strings.Contains(stderr.String(), "MiB sent") {
+		sending := regexp.MustCompile(`: ` + at + `: [0-9.]+ MiB sent`)
+		for !sending.MatchString(stderr.String()) {
 			select {
 			case <-p.Done():
 				t.Fatalf("migrate ended before sending:\n%s", stderr.String())
@@ -292,8 +304,9 @@ func givenBack(ctx context.Context, t *testing.T, src, dst *lab.Guest, id string
 // Faults at each phase of a migration, with a container (a mover whose
 // rdmacheck sends a message every 45 ms, for 2 minutes and more) on src talking to the peer:
 // the destination's disk full before and during the transfer, its agent
-// killed and its link cut during the transfer, a chunk of the stream
-// corrupted, its restore failing. Each time the source keeps (or gets
+// killed and its link cut during the transfer, its link cut while the
+// memory streams to its page server, a chunk of the stream corrupted,
+// its restore failing. Each time the source keeps (or gets
 // back) the container, running, its QPs resumed and sending; the report
 // names the failed phase; dst keeps nothing. The mover then finishes,
 // every message intact.
@@ -320,17 +333,21 @@ func TestMigrateFaults(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { _ = dst.Run(context.Background(), "mount", "-o", "remount,size=50%", store) })
-	// The checkpoint (about 0.8 MiB) in about 8 s: a fault injected at
-	// the first second's progress lands mid-transfer.
-	slow := []string{"--bandwidth", "0.1"}
+	// A fault injected at the first second's progress lands mid-way:
+	// the transfer's faults in a checkpoint that holds the memory (about
+	// 0.8 MiB, 8 s; streamed, the rest is over in 2 s), the memory
+	// stream's in the memory (about 0.5 MiB, 5 s).
+	slow := []string{"--bandwidth", "0.1", "--page-server=false"}
+	slowStream := []string{"--bandwidth", "0.1"}
 
 	for _, tc := range []struct {
 		name   string
 		before func()   // before the migration
 		env    []string // of migros migrate
 		args   []string // more of migros migrate's
-		inject func()   // once the transfer is under way
-		after  func()   // after it failed
+		inject func()   // once phase at (default: the transfer) sends
+		at     string
+		after  func() // after it failed
 		phase  string
 		errSub string
 	}{
@@ -343,7 +360,12 @@ func TestMigrateFaults(t *testing.T) {
 			after: func() { dstAgent, _ = runAgent(ctx, t, dst, pki) }, phase: migrate.PhaseTransfer},
 		{name: "link cut", args: slow, inject: func() { sh(dst, "ip link set eth0 down") },
 			after: func() { sh(dst, "ip link set eth0 up") }, phase: migrate.PhaseTransfer},
-		{name: "stream corrupted", env: []string{migrate.FaultEnv + "=corrupt-stream@400000"},
+		// The page server's stream breaks: the source's CRIU fails its
+		// dump.
+		{name: "link cut during the memory stream", args: slowStream, at: migrate.PhaseCheckpoint,
+			inject: func() { sh(dst, "ip link set eth0 down") }, after: func() { sh(dst, "ip link set eth0 up") },
+			phase: migrate.PhaseCheckpoint},
+		{name: "stream corrupted", env: []string{migrate.FaultEnv + "=corrupt-stream@100000"},
 			phase: migrate.PhaseTransfer, errSub: "digest"},
 		// The restore cannot make the container's network: the agent's
 		// uplink is lo, where no macvlan can be made.
@@ -356,7 +378,11 @@ func TestMigrateFaults(t *testing.T) {
 			if tc.before != nil {
 				tc.before()
 			}
-			rep := failMigration(ctx, t, src, dst, id, pki, tc.env, tc.inject, tc.args...)
+			at := tc.at
+			if at == "" {
+				at = migrate.PhaseTransfer
+			}
+			rep := failMigration(ctx, t, src, dst, id, pki, tc.env, tc.inject, at, tc.args...)
 			if tc.after != nil {
 				tc.after()
 			}

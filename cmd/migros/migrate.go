@@ -29,6 +29,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 	pki := fs.String("pki", install.Beside().PKIDir(), "this host's agent identity")
 	bw := fs.Float64("bandwidth", 0, "cap the transfer at this many MiB/s (0: no cap)")
 	preCopy := fs.Int("pre-copy", 0, "rounds of pre-copy (memory sent while the container runs) before the freeze")
+	pageServer := fs.Bool("page-server", true, "send the final dump's memory to the destination as CRIU dumps it (a page server there)")
 	abort := fs.Bool("abort", false, "give back a container a migration left frozen, not knowing whether the destination runs it")
 	// Flags may follow the container's name.
 	var id string
@@ -43,7 +44,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 		return migrate.Abort(ctx, *address, *ns, id)
 	}
 	if id == "" || *to == "" {
-		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--pre-copy N] [--bandwidth MIB/S] [--json]\n" +
+		return errors.New("usage: migros migrate CONTAINER --to HOST[:PORT] [--pre-copy N] [--page-server=false] [--bandwidth MIB/S] [--json]\n" +
 			"       migros migrate CONTAINER --abort")
 	}
 	ident, err := agent.LoadIdentity(*pki)
@@ -51,7 +52,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	o := migrate.Options{Address: *address, Namespace: *ns, ID: id, To: *to, Identity: ident,
-		Bandwidth: int64(*bw * (1 << 20)), PreCopy: *preCopy, Paths: install.Beside()}
+		Bandwidth: int64(*bw * (1 << 20)), PreCopy: *preCopy, PageServer: *pageServer, Paths: install.Beside()}
 	// Progress goes to stderr, the report (text or JSON) to stdout.
 	o.Progress = func(p migrate.Progress) { fmt.Fprintf(os.Stderr, "migrate %s: %v\n", id, p) }
 	rep, err := migrate.Migrate(ctx, o)
@@ -79,7 +80,11 @@ func printReport(r *migrate.Report) {
 	}
 	w.Flush()
 	if r.Error == "" {
-		fmt.Printf("blackout %.1f ms, total %.1f ms, checkpoint %.1f MiB\n", r.BlackoutMS, r.TotalMS, float64(r.Bytes)/(1<<20))
+		fmt.Printf("blackout %.1f ms, total %.1f ms, checkpoint %.1f MiB", r.BlackoutMS, r.TotalMS, float64(r.Bytes)/(1<<20))
+		if r.StreamedBytes > 0 {
+			fmt.Printf(" (%.1f MiB of memory streamed as dumped)", float64(r.StreamedBytes)/(1<<20))
+		}
+		fmt.Println()
 	} else {
 		state := "the source was NOT given back"
 		switch {

@@ -43,9 +43,12 @@ type Request struct {
 	// its checkpoint takes on disk, and its restore in memory.
 	Memory int64  `json:"memory"`
 	Net    *Netns `json:"net,omitempty"`
-	// PreCopy is the token of the pre-dumps sent before (PreDumpRoot),
-	// which the checkpoint is on top of; "" for none.
-	PreCopy string `json:"pre_copy,omitempty"`
+	// Token names the migration's directory under PreDumpRoot, on both
+	// hosts, which holds its pre-dumps and streamed pages; "" for none.
+	Token string `json:"token,omitempty"`
+	// Pages: the checkpoint's memory went ahead of it, to a page server
+	// (TakePages), and is in pagesDir(Token).
+	Pages bool `json:"pages,omitempty"`
 }
 
 // Result is the destination's account of a restore.
@@ -72,8 +75,11 @@ type Destination struct {
 	// State is containerd's state directory (where the runc shim keeps
 	// CRIU's restore log).
 	State string
+	// CRIU is the criu binary that serves pages (default "criu").
+	CRIU string
 
 	outcomes outcomes
+	pages    pageServers
 }
 
 // Routes are the agent's migration calls.
@@ -126,6 +132,15 @@ func (d *Destination) Routes() map[string]http.HandlerFunc {
 				return
 			}
 			agent.WriteJSON(w, http.StatusOK, struct{}{})
+		},
+		// A stream of CRIU's page server protocol, both ways: the memory
+		// of a pre-dump or the final dump (name) of the migration with
+		// token, on top of its pre-dump parent.
+		"POST /v1/pages": func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
+			if err := d.TakePages(r.Context(), q.Get("token"), q.Get("name"), q.Get("parent"), r.Body, w); err != nil {
+				agent.WriteError(w, err)
+			}
 		},
 		// What became of a restore, for a source that lost its answer.
 		"GET /v1/outcome": func(w http.ResponseWriter, r *http.Request) {
@@ -188,9 +203,9 @@ func (d *Destination) Preflight(ctx context.Context, req *Request) error {
 		errs = append(errs, fmt.Errorf("%s free in %s, the checkpoint needs about %s",
 			mib(int64(st.Bavail)*st.Bsize), d.Root, mib(req.Memory)))
 	}
-	if req.PreCopy != "" {
-		if !validToken.MatchString(req.PreCopy) {
-			errs = append(errs, fmt.Errorf("pre-copy %q is not a valid name", req.PreCopy))
+	if req.Token != "" {
+		if !validToken.MatchString(req.Token) {
+			errs = append(errs, fmt.Errorf("migration token %q is not a valid name", req.Token))
 		} else if err := checkPreDumpRoom(req.Memory); err != nil {
 			errs = append(errs, err)
 		}
@@ -320,10 +335,10 @@ func (e *PhaseError) ErrorFields() map[string]string { return map[string]string{
 // whatever it made; its error is a *PhaseError.
 func (d *Destination) Restore(ctx context.Context, req *Request, r io.Reader, trailer http.Header) (*Result, error) {
 	d.outcomes.set(req.Checkpoint, Outcome{State: StateReceiving})
-	if req.PreCopy != "" {
+	if req.Token != "" {
 		// The restored container needs its images no more.
 		defer func() {
-			if err := d.DropPreDumps(req.PreCopy); err != nil {
+			if err := d.DropPreDumps(req.Token); err != nil {
 				log.G(ctx).WithError(err).Warnf("migration of %s: removing its pre-dumps", req.ID)
 			}
 		}()
@@ -380,6 +395,14 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, tr
 	})
 	if err := checkDigest(trailer, in); err != nil {
 		return fmt.Errorf("the checkpoint of %s: %w", req.ID, err)
+	}
+	if req.Pages {
+		pctx, cancel := context.WithTimeout(ctx, pagesTimeout)
+		err := d.pages.take(pctx, req.Token, finalPages)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("the memory of %s: %w", req.ID, err)
+		}
 	}
 	res.Import, res.Bytes = time.Since(start), in.sent()
 	// It is all here: the restore goes on without the source.

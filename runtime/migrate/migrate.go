@@ -56,6 +56,10 @@ type Options struct {
 	// since the round before) and sends it to the destination, so that
 	// the final dump, frozen, has less to take.
 	PreCopy int
+	// PageServer sends the final dump's memory to the destination as
+	// CRIU dumps it (to a CRIU page server there), ahead of the rest of
+	// the checkpoint, instead of in it.
+	PageServer bool
 	// Paths of MigrOS' installation (CRIU's plugin), for pre-dumps
 	// (default: beside the running binary).
 	Paths install.Paths
@@ -95,6 +99,8 @@ type Report struct {
 	BlackoutMS float64 `json:"blackout_ms"`
 	TotalMS    float64 `json:"total_ms"`
 	Bytes      int64   `json:"bytes"` // the checkpoint, as sent
+	// StreamedBytes of Bytes went ahead, to the page server.
+	StreamedBytes int64 `json:"streamed_bytes,omitempty"`
 	// FailedPhase and Error say where and why it failed; RolledBack
 	// that the source runs again.
 	FailedPhase string   `json:"failed_phase,omitempty"`
@@ -226,8 +232,12 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		if o.PreCopy > 0 {
-			req.PreCopy = strings.ReplaceAll(path.Base(req.Checkpoint), ":", "-")
+		if o.PreCopy > 0 || o.PageServer {
+			req.Token = strings.ReplaceAll(path.Base(req.Checkpoint), ":", "-")
+			req.Pages = o.PageServer
+		}
+		if o.PreCopy > 0 && !o.PageServer {
+			// Streamed, the pre-dumps' pages are not kept here.
 			if err := checkPreDumpRoom(req.Memory); err != nil {
 				return fmt.Errorf("%w: pre-copy on %s: %w", errdefs.ErrFailedPrecondition, rep.From, err)
 			}
@@ -238,7 +248,7 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	}
 
 	if o.PreCopy > 0 {
-		defer os.RemoveAll(filepath.Join(PreDumpRoot, req.PreCopy))
+		defer os.RemoveAll(filepath.Join(PreDumpRoot, req.Token))
 		paths := o.Paths
 		if paths == (install.Paths{}) {
 			paths = install.Beside()
@@ -247,18 +257,34 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 			if err := rep.run(o, PhasePreCopy, func() error {
 				parent := "" // each round on top of the one before
 				if i > 1 {
-					parent = "../" + filepath.Base(preDumpDir(req.PreCopy, i-1))
+					parent = "../" + filepath.Base(preDumpDir(req.Token, i-1))
 				}
-				dir := preDumpDir(req.PreCopy, i)
-				if err := preDump(ctx, paths, o.Namespace, o.ID, dir, parent); err != nil {
+				dir := preDumpDir(req.Token, i)
+				if o.PageServer {
+					return streamPreDump(ctx, dest, paths, req, i, o)
+				}
+				if err := preDump(ctx, paths, o.Namespace, o.ID, dir, parent, ""); err != nil {
 					return err
 				}
-				return sendPreDump(ctx, dest, req.PreCopy, i, dir, o)
+				return sendPreDump(ctx, dest, req.Token, i, dir, o)
 			}); err != nil {
-				dropPreDumps(ctx, dest, req.PreCopy)
+				dropPreDumps(ctx, dest, req.Token)
 				return err
 			}
 		}
+	}
+
+	var pages *pageStream
+	if o.PageServer {
+		var err error
+		if pages, err = streamPages(ctx, dest, req, o); err != nil {
+			rep.FailedPhase = PhaseCheckpoint
+			if req.Token != "" {
+				dropPreDumps(ctx, dest, req.Token)
+			}
+			return fmt.Errorf("%s: %w", PhaseCheckpoint, err)
+		}
+		defer pages.Close()
 	}
 
 	// From here on, a failure gives the source back.
@@ -275,8 +301,8 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 			errs = append(errs, task.Resume(uctx))
 		}
 		_ = client.ImageService().Delete(uctx, req.Checkpoint)
-		if req.PreCopy != "" {
-			dropPreDumps(uctx, dest, req.PreCopy)
+		if req.Token != "" {
+			dropPreDumps(uctx, dest, req.Token)
 		}
 		if rerr := errors.Join(errs...); rerr != nil {
 			return fmt.Errorf("%w; and giving the source back: %w", err, rerr)
@@ -296,7 +322,7 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	var img containerd.Image
 	if err := rep.run(o, PhaseCheckpoint, func() error {
 		var opts []containerd.CheckpointOpts
-		if req.PreCopy != "" {
+		if o.PreCopy > 0 {
 			// Only what changed since the last pre-dump, and all the
 			// registered memory, which the NIC writes unseen.
 			if _, err := checkpoint.Redirty(int(task.Pid())); err != nil {
@@ -304,13 +330,28 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 			}
 			// Before WithCheckpointTask, which sends the options as
 			// they are when it runs.
-			opts = append(opts, withParent(preDumpDir(req.PreCopy, o.PreCopy)))
+			opts = append(opts, withParent(preDumpDir(req.Token, o.PreCopy)))
 		}
 		opts = append(opts, containerd.WithCheckpointRuntime, containerd.WithCheckpointRW, containerd.WithCheckpointTask)
 		// Leaving it paused: the shim keeps its QPs Stopped.
 		var err error
+		if pages != nil {
+			defer tick(o, PhaseCheckpoint, pages.sent)()
+		}
 		if img, err = c.Checkpoint(ctx, req.Checkpoint, opts...); err != nil {
+			if pages != nil {
+				// CRIU says only that it failed; why may be the stream.
+				if perr := pages.Close(); perr != nil {
+					err = fmt.Errorf("%w; %w", err, perr)
+				}
+			}
 			return err
+		}
+		if pages != nil {
+			if err := pages.Wait(ctx); err != nil {
+				return err
+			}
+			rep.StreamedBytes = pages.sent()
 		}
 		if req.Net != nil {
 			netDown = true
@@ -348,7 +389,7 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		rep.part(PhaseRestore, PartCRIURestore, res.CRIURestore)
 		rep.part(PhaseRestore, PartRDMARestore, res.RDMARestore)
 	}
-	rep.Bytes = res.Bytes
+	rep.Bytes = res.Bytes + rep.StreamedBytes
 	rep.BlackoutMS = ms(time.Since(frozen))
 
 	// The container runs on the destination: the source goes.
@@ -463,24 +504,11 @@ func send(ctx context.Context, dest *agent.Client, req *Request, ckpt io.ReadClo
 	}
 	body := newStream(ckpt, o.Bandwidth)
 	body.corruptAt = corruptAt
-	done := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				n := body.sent()
-				o.progress(Progress{Phase: PhaseTransfer, Bytes: n, Rate: float64(n) / time.Since(body.start).Seconds()})
-			}
-		}
-	}()
+	stop := tick(o, PhaseTransfer, body.sent)
 	trailer := http.Header{digestTrailer: nil}
 	sum := &digestOnEOF{stream: body, trailer: trailer}
 	err = dest.Send(ctx, http.MethodPost, "/v1/restore", sum, http.Header{requestHeader: {string(hdr)}}, trailer, res)
-	close(done)
+	stop()
 	var se *agent.StatusError
 	if err == nil || errors.As(err, &se) || !body.whole() {
 		return phaseError(err)
@@ -502,6 +530,47 @@ func send(ctx context.Context, dest *agent.Client, req *Request, ckpt io.ReadClo
 		return &PhaseError{Phase: out.Phase, Err: fmt.Errorf("%w (the answer was lost: %w)", errors.New(out.Error), err)}
 	}
 	return &PhaseError{Phase: PhaseTransfer, Err: fmt.Errorf("%w (the destination has no such restore)", err)}
+}
+
+// tick tells o.Progress, about once a second until stopped, how much
+// phase has sent.
+func tick(o Options, phase string, sent func() int64) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		start := time.Now()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				n := sent()
+				o.progress(Progress{Phase: phase, Bytes: n, Rate: float64(n) / time.Since(start).Seconds()})
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// streamPages opens a page server on dest for req's final dump (on top of
+// its last pre-dump, if any) and asks the container's shim to have CRIU
+// send its pages there.
+func streamPages(ctx context.Context, dest *agent.Client, req *Request, o Options) (*pageStream, error) {
+	parent := ""
+	if o.PreCopy > 0 {
+		parent = filepath.Base(preDumpDir(req.Token, o.PreCopy))
+	}
+	p, err := openPageStream(ctx, dest, req.Token, finalPages, parent, o.Bandwidth)
+	if err != nil {
+		return nil, fmt.Errorf("page server on the destination: %w", err)
+	}
+	if p.withdraw, err = checkpoint.SetPageServer(checkpoint.PageServerRoot, o.Namespace, o.ID,
+		checkpoint.PageServer{Address: p.Addr(), Dir: pagesDir(req.Token)}); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
 }
 
 // exportCheckpoint is checkpoint's OCI archive, as containerd writes it,

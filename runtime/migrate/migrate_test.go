@@ -122,6 +122,13 @@ func TestProgressString(t *testing.T) {
 // calls are the test's; it returns a client of it.
 func fakeDestination(t *testing.T, restore, outcome http.HandlerFunc) *agent.Client {
 	t.Helper()
+	return fakeAgent(t, map[string]http.HandlerFunc{"POST /v1/restore": restore, "GET /v1/outcome": outcome})
+}
+
+// fakeAgent is an agent on loopback with routes; it returns a client of
+// it.
+func fakeAgent(t *testing.T, routes map[string]http.HandlerFunc) *agent.Client {
+	t.Helper()
 	dir := t.TempDir()
 	lo := []net.IP{net.ParseIP("127.0.0.1")}
 	if err := agent.Init(dir, []agent.Host{{Name: "src", IPs: lo}, {Name: "dst", IPs: lo}}, time.Hour); err != nil {
@@ -140,8 +147,7 @@ func fakeDestination(t *testing.T, restore, outcome http.HandlerFunc) *agent.Cli
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &agent.Server{ID: ids["dst"], Info: agent.HostInfo, Routes: map[string]http.HandlerFunc{
-		"POST /v1/restore": restore, "GET /v1/outcome": outcome}}
+	s := &agent.Server{ID: ids["dst"], Info: agent.HostInfo, Routes: routes}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, l) }()
 	t.Cleanup(func() {

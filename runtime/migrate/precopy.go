@@ -51,8 +51,9 @@ const RuncRoot = "/run/containerd/runc"
 // preDump pre-dumps container id's memory into dir, on top of parent (""
 // for none): runc's CRIU pre-dump, which leaves the container running
 // and starts tracking which pages it writes next. CRIU loads MigrOS'
-// plugin, which knows the mappings of RDMA devices.
-func preDump(ctx context.Context, paths install.Paths, namespace, id, dir, parent string) error {
+// plugin, which knows the mappings of RDMA devices. With pageServer
+// (HOST:PORT), the pages go there instead of into dir.
+func preDump(ctx context.Context, paths install.Paths, namespace, id, dir, parent, pageServer string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -60,6 +61,9 @@ func preDump(ctx context.Context, paths install.Paths, namespace, id, dir, paren
 		"--image-path", dir, "--work-path", dir}
 	if parent != "" {
 		args = append(args, "--parent-path", parent)
+	}
+	if pageServer != "" {
+		args = append(args, "--page-server", pageServer)
 	}
 	cmd := exec.CommandContext(ctx, "runc", append(args, id)...)
 	cmd.Env = append(os.Environ(), "CRIU_LIBS_DIR="+paths.PluginDir, "MIGROS_BIN="+paths.Helper)
@@ -196,6 +200,33 @@ func withParent(dir string) containerd.CheckpointOpts {
 	}
 }
 
+// streamPreDump pre-dumps round of req's pre-copy with its pages streamed
+// to a page server on dest, on top of the round before; the rest of the
+// pre-dump stays here, where the next dump reads it.
+func streamPreDump(ctx context.Context, dest *agent.Client, paths install.Paths, req *Request, round int, o Options) error {
+	name, parent := filepath.Base(preDumpDir(req.Token, round)), ""
+	if round > 1 {
+		parent = filepath.Base(preDumpDir(req.Token, round-1))
+	}
+	p, err := openPageStream(ctx, dest, req.Token, name, parent, o.Bandwidth)
+	if err != nil {
+		return fmt.Errorf("page server on the destination: %w", err)
+	}
+	defer p.Close()
+	defer tick(o, PhasePreCopy, p.sent)()
+	rel := ""
+	if parent != "" {
+		rel = "../" + parent
+	}
+	if err := preDump(ctx, paths, o.Namespace, o.ID, preDumpDir(req.Token, round), rel, p.Addr()); err != nil {
+		if perr := p.Close(); perr != nil {
+			err = fmt.Errorf("%w; %w", err, perr)
+		}
+		return err
+	}
+	return p.Wait(ctx)
+}
+
 // preCopyHeader carries a pre-dump's round.
 const preCopyHeader = "Migros-Pre-Copy"
 
@@ -250,5 +281,6 @@ func (d *Destination) DropPreDumps(token string) error {
 	if !validToken.MatchString(token) {
 		return fmt.Errorf("%w: pre-copy %q", errdefs.ErrInvalidArgument, token)
 	}
+	d.pages.forget(token)
 	return os.RemoveAll(filepath.Join(PreDumpRoot, token))
 }
