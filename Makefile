@@ -160,13 +160,13 @@ bench-lab: lab-assets
 # memory, and live migration's blackout by phase, with and without RDMA
 # (docs/bench-migrate.md and .png). Guests get 3 GiB for the 1 GiB MR and
 # its images. BENCH picks a subset.
-BENCH ?= BenchmarkRXEStockVsPatched|BenchmarkCheckpointRestore|BenchmarkMigrate|BenchmarkMigratePreCopy
+BENCH ?= BenchmarkRXEStockVsPatched|BenchmarkCheckpointRestore|BenchmarkMigrate|BenchmarkMigratePreCopy|BenchmarkMigratePageServer
 bench: lab-assets
 	rm -f $(OUT)/bench-rxe.md $(OUT)/bench-checkpoint.md $(OUT)/bench-migrate*
 	rc=0; $(GO) test -tags e2e -count=1 -timeout 150m -run '^$$' -bench '$(BENCH)' -benchtime 1x \
 		./integration/ -assets $(LABOUT)/assets.json -lab bench -guests src,dst,peer -guest-memory 3072 || rc=$$?; \
 	$(BIN)/migros-lab down --name bench; \
-	if [ $$rc = 0 ]; then for f in bench-rxe.md bench-checkpoint.md bench-migrate.md bench-migrate.png bench-migrate-precopy.md; do \
+	if [ $$rc = 0 ]; then for f in bench-rxe.md bench-checkpoint.md bench-migrate.md bench-migrate.png bench-migrate-precopy.md bench-migrate-pageserver.md; do \
 		if [ -e $(OUT)/$$f ]; then cp $(OUT)/$$f docs/$$f; fi; done; fi; exit $$rc
 
 # Installs MigrOS where containerd and CRIU find it: the migros CLI, its

@@ -79,11 +79,35 @@ func (p *migPoint) start(ctx context.Context, b *testing.B, src, dst, peer *lab.
 }
 
 // migrate moves p to the other guest, after preCopy rounds of
-// pre-copy, keeping the report.
-func (p *migPoint) migrate(ctx context.Context, b *testing.B, pki string, preCopy int) {
+// pre-copy, its memory streamed to the page server or not, keeping the
+// report.
+func (p *migPoint) migrate(ctx context.Context, b *testing.B, pki string, preCopy int, pageServer bool) {
 	b.Helper()
-	p.reports = append(p.reports, migrateTo(ctx, b, p.at, p.to, p.id, pki, preCopy))
+	p.reports = append(p.reports, migrateTo(ctx, b, p.at, p.to, p.id, pki, preCopy, pageServer))
 	p.at, p.to = p.to, p.at
+}
+
+// migration is how a benchmark migrates.
+type migration struct {
+	preCopy    int
+	pageServer bool
+}
+
+// thereAndBack runs p's container on src, with agents on src and dst,
+// moves it to dst with there and back with back, and removes it; it
+// returns src.
+func (p *migPoint) thereAndBack(ctx context.Context, b *testing.B, there, back migration) *lab.Guest {
+	b.Helper()
+	src, dst, peer := guest(b, "src"), guest(b, "dst"), guest(b, "peer")
+	pki := agentPKI(b, src, dst)
+	startAgent(ctx, b, src, pki)
+	startAgent(ctx, b, dst, pki)
+	p.start(ctx, b, src, dst, peer)
+	for _, m := range []migration{there, back} {
+		p.migrate(ctx, b, pki, m.preCopy, m.pageServer)
+	}
+	p.stop(ctx)
+	return src
 }
 
 // stop removes p's container.
@@ -170,11 +194,11 @@ func BenchmarkMigrate(b *testing.B) {
 	}
 	// An untimed first migration takes the first-run costs (page cache,
 	// containerd's first import).
-	rdma.migrate(ctx, b, pki, 0)
+	rdma.migrate(ctx, b, pki, 0, true)
 	rdma.reports = nil
 	for r := 0; r < 3; r++ {
-		rdma.migrate(ctx, b, pki, 0)
-		plain.migrate(ctx, b, pki, 0)
+		rdma.migrate(ctx, b, pki, 0, true)
+		plain.migrate(ctx, b, pki, 0, true)
 	}
 	rdma.stop(ctx)
 	plain.stop(ctx)
@@ -183,8 +207,8 @@ func BenchmarkMigrate(b *testing.B) {
 	for i, p := range []*migPoint{{qps: 1, mb: 64}, {qps: 64, mb: 64}, {qps: 16, mb: 16}, {qps: 16, mb: 256}} {
 		p.rdma, p.port = true, 18710+i
 		p.start(ctx, b, src, dst, peer)
-		p.migrate(ctx, b, pki, 0)
-		p.migrate(ctx, b, pki, 0)
+		p.migrate(ctx, b, pki, 0, true)
+		p.migrate(ctx, b, pki, 0, true)
 		p.stop(ctx)
 		points = append(points, p)
 	}
@@ -272,15 +296,8 @@ func nonNegative(v []float64) []float64 {
 // with two rounds.
 func BenchmarkMigratePreCopy(b *testing.B) {
 	ctx := testContext(b, 90*time.Minute)
-	src, dst, peer := guest(b, "src"), guest(b, "dst"), guest(b, "peer")
-	pki := agentPKI(b, src, dst)
-	startAgent(ctx, b, src, pki)
-	startAgent(ctx, b, dst, pki)
 	p := &migPoint{qps: 0, mb: 512, port: 18720}
-	p.start(ctx, b, src, dst, peer)
-	p.migrate(ctx, b, pki, 0)
-	p.migrate(ctx, b, pki, 2)
-	p.stop(ctx)
+	src := p.thereAndBack(ctx, b, migration{pageServer: true}, migration{preCopy: 2, pageServer: true})
 	none, pre := breakdownOf(p.reports[0]), breakdownOf(p.reports[1])
 	var preCopy float64
 	for _, ph := range p.reports[1].Phases {
@@ -299,7 +316,7 @@ func BenchmarkMigratePreCopy(b *testing.B) {
 	fmt.Fprintf(&rep, "`make bench`: a container under MigrOS' runtime holding 512 MiB of memory, every page touched, "+
 		"whose working set is small (`rdmacheck -H -N`: its first MiB rewritten ten times a second), migrated by "+
 		"`migros migrate` from src to dst without pre-copy, then back with `--pre-copy 2` (each round pre-dumps the "+
-		"running container, on top of the round before, and sends the pre-dump to the destination), in a QEMU lab "+
+		"running container, on top of the round before, its pages streamed to the destination's page server), in a QEMU lab "+
 		"(TCG, 2 host cores, %d MiB per guest). TCG makes absolute times several times those of real hardware.\n\n",
 		src.MemoryMB)
 	fmt.Fprintf(&rep, "| migration | pre-copy rounds (container running) | blackout | checkpoint | CRIU dump | "+
@@ -322,4 +339,48 @@ func BenchmarkMigratePreCopy(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(pre.blackout/none.blackout, "precopy/none-blackout")
+}
+
+// The frozen dump's memory streamed to the destination's page server as
+// it is dumped, against the same memory in the checkpoint, sent once it
+// is taken: an RDMA container (4 QPs, a 256 MiB MR, every page touched)
+// moved src -> dst with its memory in the checkpoint, then back streamed.
+// The report goes to docs/bench-migrate-pageserver.md.
+func BenchmarkMigratePageServer(b *testing.B) {
+	ctx := testContext(b, 60*time.Minute)
+	p := &migPoint{qps: 4, mb: 256, rdma: true, port: 18730}
+	src := p.thereAndBack(ctx, b, migration{}, migration{pageServer: true})
+	whole, streamed := breakdownOf(p.reports[0]), breakdownOf(p.reports[1])
+	if st := p.reports[1].StreamedBytes; st < p.reports[1].Bytes/2 {
+		b.Errorf("streamed %d of %d bytes: the memory did not go to the page server", st, p.reports[1].Bytes)
+	}
+
+	s := func(v float64) string { return fmt.Sprintf("%.2f s", v) }
+	var rep strings.Builder
+	fmt.Fprintf(&rep, "# Live migration: memory streamed to a page server against memory in the checkpoint (%s)\n\n",
+		time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&rep, "`make bench`: a container under MigrOS' runtime holding 4 RC QPs and a 256 MiB MR connected to "+
+		"the peer (`rdmacheck -H`, every page touched), migrated by `migros migrate` from src to dst with "+
+		"`--page-server=false` (CRIU writes the memory into the checkpoint, which then goes through containerd), "+
+		"then back with the default (CRIU sends each page, as it dumps it, to `criu page-server` on the "+
+		"destination, over the agents' TLS connection; only the rest goes through containerd), in a QEMU lab "+
+		"(TCG, 2 host cores, %d MiB per guest). TCG makes absolute times several times those of real hardware.\n\n",
+		src.MemoryMB)
+	fmt.Fprintf(&rep, "| memory | blackout | checkpoint | CRIU dump | memory dump | transfer | restore | CRIU restore | "+
+		"sent | of it streamed |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for i, r := range []struct {
+		name string
+		d    breakdown
+	}{{"in the checkpoint", whole}, {"streamed to the page server", streamed}} {
+		fmt.Fprintf(&rep, "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f MiB | %.1f MiB |\n", r.name, s(r.d.blackout),
+			s(r.d.checkpoint), s(r.d.criuDump), s(r.d.memDump), s(r.d.transfer), s(r.d.restore), s(r.d.criuRestore),
+			float64(r.d.bytes)/(1<<20), float64(p.reports[i].StreamedBytes)/(1<<20))
+	}
+	fmt.Fprintf(&rep, "\n- Blackout streamed / in the checkpoint: **%.2f×**\n", streamed.blackout/whole.blackout)
+	fmt.Fprintf(&rep, "- Streamed, the checkpoint phase includes sending the memory; the transfer is what is left.\n")
+	fmt.Println(rep.String())
+	if err := os.WriteFile("../_output/bench-migrate-pageserver.md", []byte(rep.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(streamed.blackout/whole.blackout, "pageserver/checkpoint-blackout")
 }
