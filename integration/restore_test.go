@@ -202,21 +202,23 @@ func TestRestoreSameHost(t *testing.T) {
 //     and they wait forever.
 func TestRestorePingpongs(t *testing.T) {
 	for _, tc := range []struct {
-		name, iters string
-		argv        []string
+		name  string
+		iters int
+		argv  []string
 	}{
-		// 12-20 s of exchanges in the lab: the dump (CRIU's kernel
-		// facts cached at boot) freezes them about 3 s in.
-		{"rc events", "4000", []string{"ibv_rc_pingpong", "-g", "1", "-e", "-c"}},
-		{"srq", "12000", []string{"ibv_srq_pingpong", "-g", "1", "-e", "-c", "-q", "16"}},
-		{"uc events", "4000", []string{"ibv_uc_pingpong", "-g", "1", "-e", "-c"}},
-		{"ud events", "8000", []string{"ibv_ud_pingpong", "-g", "1", "-e", "-c", "-s", "512"}},
+		// 12-20 s of exchanges (scaled): the dump (CRIU's kernel facts
+		// cached at boot) freezes them about 3 s in.
+		{"rc events", 4000, []string{"ibv_rc_pingpong", "-g", "1", "-e", "-c"}},
+		{"srq", 12000, []string{"ibv_srq_pingpong", "-g", "1", "-e", "-c", "-q", "16"}},
+		{"uc events", 4000, []string{"ibv_uc_pingpong", "-g", "1", "-e", "-c"}},
+		{"ud events", 8000, []string{"ibv_ud_pingpong", "-g", "1", "-e", "-c", "-s", "512"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)
 			src, peer := guest(t, "src"), guest(t, "peer")
 			const out, images = "/tmp/restore-pp.out", "/tmp/restore-pp"
-			argv := append(tc.argv, "-n", tc.iters)
+			iters := fmt.Sprint(scaled(t, tc.iters))
+			argv := append(tc.argv, "-n", iters)
 			src.Run(ctx, "rm", "-rf", images)
 			server, serverOut := serve(ctx, t, peer, argv...)
 			pid := detached(ctx, t, src, out, 0, append(argv, peer.Addr())...)
@@ -227,7 +229,7 @@ func TestRestorePingpongs(t *testing.T) {
 				t.Errorf("inspect shows no completion channel or no event read before the checkpoint: %v\n%s", err, insp)
 			}
 			restore(ctx, t, src, images, pid)
-			pingpongDone(ctx, t, server, serverOut, src, pid, out, tc.iters)
+			pingpongDone(ctx, t, server, serverOut, src, pid, out, iters)
 		})
 	}
 }
@@ -271,25 +273,27 @@ func copyImages(ctx context.Context, t *testing.T, from, to *lab.Guest, dir stri
 // with buffer checking.
 func TestRestoreOnAnotherHost(t *testing.T) {
 	for i, tc := range []struct {
-		name, iters string
-		argv        []string
+		name  string
+		iters int
+		argv  []string
 	}{
-		{"rc", "4000", []string{"ibv_rc_pingpong", "-g", "1", "-c"}},
-		{"uc", "4000", []string{"ibv_uc_pingpong", "-g", "1", "-c"}},
-		{"ud", "8000", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512"}},
+		{"rc", 4000, []string{"ibv_rc_pingpong", "-g", "1", "-c"}},
+		{"uc", 4000, []string{"ibv_uc_pingpong", "-g", "1", "-c"}},
+		{"ud", 8000, []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 6*time.Minute)
 			src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
 			out, images := "/tmp/move-"+tc.name+".out", "/tmp/move-"+tc.name
-			argv := append(tc.argv, "-n", tc.iters)
+			iters := fmt.Sprint(scaled(t, tc.iters))
+			argv := append(tc.argv, "-n", iters)
 			server, serverOut := serve(ctx, t, peer, argv...)
 			before := counters(ctx, t, peer)
 			// A pid that dst's own processes do not have.
 			pid := detached(ctx, t, src, out, 30000+100*i, append(argv, peer.Addr())...)
 			time.Sleep(2 * time.Second)
 			move(ctx, t, src, dst, pid, out, images)
-			pingpongDone(ctx, t, server, serverOut, dst, pid, out, tc.iters)
+			pingpongDone(ctx, t, server, serverOut, dst, pid, out, iters)
 			got, _ := dst.Output(ctx, "cat", out)
 			if !strings.Contains(got, "GID ::ffff:"+src.Addr()) {
 				t.Errorf("the moved process' output does not show it started on src:\n%s", got)
@@ -311,15 +315,17 @@ func TestRestoreOnAnotherHost(t *testing.T) {
 // reaches the Stopped QP. The process is then moved to dst.
 func TestRestoreHeldRequests(t *testing.T) {
 	for i, tc := range []struct {
-		name string
-		argv []string
+		name  string
+		iters int
+		argv  []string
 	}{
-		{"uc", []string{"ibv_uc_pingpong", "-g", "1", "-c", "-n", "3000"}},
-		{"ud", []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512", "-n", "10000"}},
+		{"uc", 3000, []string{"ibv_uc_pingpong", "-g", "1", "-c"}},
+		{"ud", 10000, []string{"ibv_ud_pingpong", "-g", "1", "-c", "-s", "512"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)
 			src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
+			tc.argv = append(tc.argv, "-n", fmt.Sprint(scaled(t, tc.iters)))
 			out, images := "/tmp/held-"+tc.name+".out", "/tmp/held-"+tc.name
 			server, serverOut := serve(ctx, t, peer, tc.argv...)
 			pid := detached(ctx, t, src, out, 31000+100*i, append(tc.argv, peer.Addr())...)
@@ -429,8 +435,9 @@ func move(ctx context.Context, t *testing.T, from, to *lab.Guest, pid, out, imag
 func TestRestoreTenMoves(t *testing.T) {
 	ctx := testContext(t, 12*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
-	// About 4 ms an exchange: 40 s, half of it between the moves.
-	const out, iters = "/tmp/hops-pp.out", "10000"
+	// 40 s (scaled), half of it between the moves.
+	const out = "/tmp/hops-pp.out"
+	iters := fmt.Sprint(scaled(t, 10000))
 	argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", iters}
 	server, serverOut := serve(ctx, t, peer, argv...)
 	pid := detached(ctx, t, src, out, 30000, append(argv, peer.Addr())...)
@@ -458,7 +465,8 @@ func TestRestorePerftest(t *testing.T) {
 		iters, size int
 	}{
 		// 64 KiB messages span 64 packets, so the stop falls inside
-		// one; the lab moves about 9 MB/s: 10-20 s of traffic each.
+		// one; the lab moved about 9 MB/s: 10-20 s of traffic each
+		// (scaled).
 		{[]string{"ib_write_bw"}, 2000, 65536},
 		{[]string{"ib_read_bw"}, 2000, 65536},
 		{[]string{"ib_atomic_bw"}, 50000, 8},
@@ -468,7 +476,8 @@ func TestRestorePerftest(t *testing.T) {
 			ctx := testContext(t, 5*time.Minute)
 			src, peer := guest(t, "src"), guest(t, "peer")
 			const out, images = "/tmp/restore-perf.out", "/tmp/restore-perf"
-			argv := append(tc.argv, "-x", "1", "-n", fmt.Sprint(tc.iters), "-s", fmt.Sprint(tc.size))
+			iters := scaled(t, tc.iters)
+			argv := append(tc.argv, "-x", "1", "-n", fmt.Sprint(iters), "-s", fmt.Sprint(tc.size))
 			src.Run(ctx, "rm", "-rf", images)
 			server, serverOut := serve(ctx, t, peer, argv...)
 			pid := detached(ctx, t, src, out, 0, append(argv, peer.Addr())...)
@@ -478,7 +487,7 @@ func TestRestorePerftest(t *testing.T) {
 			waitOK(t, "the perftest server", server, serverOut, 3*time.Minute)
 			waitGone(ctx, t, src, pid, time.Minute)
 			got, _ := src.Output(ctx, "cat", out)
-			checkBW(tc.iters, tc.size)(t, got)
+			checkBW(iters, tc.size)(t, got)
 		})
 	}
 }
@@ -489,7 +498,8 @@ func TestRestorePerftest(t *testing.T) {
 func TestRestoreProcessTree(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
-	const images, iters = "/tmp/tree-images", "4000"
+	const images = "/tmp/tree-images"
+	iters := fmt.Sprint(scaled(t, 4000))
 	ports := []int{lab.RDMAPort, lab.RDMAPort + 1}
 	type server struct {
 		p   *control.Process
