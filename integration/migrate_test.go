@@ -101,9 +101,10 @@ func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki s
 		"freeze checkpoint transfer restore cleanup"; got != want {
 		t.Errorf("phases %q, want %q", got, want)
 	}
-	// CRIU's run, and in it MigrOS' plugin and the memory dump.
+	// CRIU's run, and in it MigrOS' plugin (and in that the QPs' resume) and
+	// the memory dump.
 	if got := strings.Join(parts, " "); got != "checkpoint/criu dump checkpoint/rdma dump checkpoint/memory dump "+
-		"restore/criu restore restore/rdma restore" {
+		"restore/criu restore restore/rdma restore restore/resume" {
 		t.Errorf("parts of phases %q", got)
 	}
 	if rep.Error != "" || rep.BlackoutMS <= 0 || rep.TotalMS < rep.BlackoutMS || rep.Bytes <= 0 || rep.ToHost != to.Name {
@@ -129,8 +130,8 @@ func migrateTo(ctx context.Context, t testing.TB, from, to *lab.Guest, id, pki s
 // its memory streamed to the destination's page server the first time,
 // in the checkpoint the second: both transfers finish, every message
 // intact, no error on the peer; each report has every phase, its
-// blackout and the checkpoint's size, and the time of the RDMA dump and
-// restore.
+// blackout and the checkpoint's size, and the time of the RDMA dump,
+// the RDMA restore and, in that, the QPs' resume.
 func TestMigrate(t *testing.T) {
 	ctx := testContext(t, 12*time.Minute)
 	src, dst, peer := guest(t, "src"), guest(t, "dst"), guest(t, "peer")
@@ -148,7 +149,7 @@ func TestMigrate(t *testing.T) {
 	// Its RDMA state was dumped and restored, each time.
 	for _, r := range reps {
 		for _, p := range r.Phases {
-			if (p.Name == migrate.PartRDMADump || p.Name == migrate.PartRDMARestore) && p.MS <= 0 {
+			if (p.Name == migrate.PartRDMADump || p.Name == migrate.PartRDMARestore || p.Name == migrate.PartResume) && p.MS <= 0 {
 				t.Errorf("%s -> %s: %s took %v ms", r.From, r.ToHost, p.Name, p.MS)
 			}
 		}

@@ -87,7 +87,13 @@ func criuRestore(args []string) error {
 	if err != nil {
 		return err
 	}
-	return criu.Restore(*pid, dir, criu.NewExecutor(os.NewFile(uintptr(*fd), "executor")))
+	resume, err := criu.Restore(*pid, dir, criu.NewExecutor(os.NewFile(uintptr(*fd), "executor")))
+	if err != nil {
+		return err
+	}
+	// Standard error is CRIU's log, which a migration's report reads.
+	fmt.Fprintf(os.Stderr, "%s %d (process %d)\n", criu.ResumedLog, resume.Microseconds(), *pid)
+	return nil
 }
 
 // imagesDir is the images directory CRIU's plugin passed as fd.

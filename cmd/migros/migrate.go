@@ -27,7 +27,7 @@ func migrateCmd(ctx context.Context, args []string) error {
 	address := fs.String("address", container.DefaultAddress, "containerd's socket")
 	ns := fs.String("namespace", "default", "containerd namespace")
 	pki := fs.String("pki", install.Beside().PKIDir(), "this host's agent identity")
-	bw := fs.Float64("bandwidth", 0, "cap the transfer at this many MiB/s (0: no cap)")
+	bw := fs.Float64("bandwidth", 0, "cap each stream to the destination (pre-dumps, memory, checkpoint) at this many MiB/s (0: no cap)")
 	preCopy := fs.Int("pre-copy", 0, "rounds of pre-copy (memory sent while the container runs) before the freeze")
 	pageServer := fs.Bool("page-server", true, "send the final dump's memory to the destination as CRIU dumps it (a page server there)")
 	abort := fs.Bool("abort", false, "give back a container a migration left frozen, not knowing whether the destination runs it")

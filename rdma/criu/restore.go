@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -102,23 +103,23 @@ func readAll(f *os.File) ([]byte, error) {
 // The process opens its devices and creates every object itself, with its
 // original IDs and handles, maps its rings where they were and gets every
 // descriptor back at its number; then its QPs resume and tell their peers
-// where they now are.
-func Restore(pid int, dir *os.File, e *Executor) (err error) {
+// where they now are. It returns how long that resume took.
+func Restore(pid int, dir *os.File, e *Executor) (resume time.Duration, err error) {
 	ph, err := findPlaceholders(pid)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(ph.uverbs) == 0 {
-		return fmt.Errorf("criu: process %d has no uverbs placeholder to restore", pid)
+		return 0, fmt.Errorf("criu: process %d has no uverbs placeholder to restore", pid)
 	}
 	t, err := openTask(pid, e)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer t.close()
 	a, err := newRemoteArena(t, 1<<20)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() { err = errors.Join(err, a.close()) }()
 
@@ -136,34 +137,40 @@ func Restore(pid int, dir *os.File, e *Executor) (err error) {
 	for _, id := range ids {
 		img, err := readImage(dir, id)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if img.FD != ph.uverbs[id] {
-			return fmt.Errorf("criu: image %s is for fd %d, its placeholder is fd %d", image.FileName(id), img.FD, ph.uverbs[id])
+			return 0, fmt.Errorf("criu: image %s is for fd %d, its placeholder is fd %d", image.FileName(id), img.FD, ph.uverbs[id])
 		}
 		c, err := restoreContext(t, a, img)
 		if c != nil {
 			done = append(done, c)
 		}
 		if err != nil {
-			return fmt.Errorf("criu: restoring %s of process %d: %w", img.Device, pid, err)
+			return 0, fmt.Errorf("criu: restoring %s of process %d: %w", img.Device, pid, err)
 		}
 	}
 	for _, fd := range ph.vma {
 		if _, err := t.call("close of the ring placeholder", unix.SYS_CLOSE, uint64(fd)); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if err := t.shareCreds(a, done); err != nil {
-		return err
+		return 0, err
 	}
+	start := time.Now()
 	for _, c := range done {
 		if _, err := c.Resume(); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return time.Since(start), nil
 }
+
+// ResumedLog begins the line the CRIU helper writes into CRIU's restore
+// log once a process's QPs resumed, followed by how long it took, in
+// microseconds (checkpoint.LogTimes reads it).
+const ResumedLog = "migros-criu: QPs resumed, us:"
 
 // shareCreds makes every other thread of the task use the cred struct of
 // each reopened uverbs file (which the main thread opened), so that all

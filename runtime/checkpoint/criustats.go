@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/migros/migros/rdma/criu"
 )
 
 // Times are what a CRIU run took, from its log (and, for a dump, its
@@ -27,6 +29,9 @@ type Times struct {
 	// Memory is the memory dump: collecting the pages and writing them
 	// (a dump's stats; 0 for a restore).
 	Memory time.Duration
+	// Resume is, in a restore's RDMA, the restored QPs resuming (each
+	// tells its peers where it now is), as the plugin's helper logs it.
+	Resume time.Duration
 }
 
 // logStamp is the time a CRIU log line begins with: "(SS.UUUUUU)".
@@ -45,6 +50,17 @@ func LogTimes(r io.Reader) (Times, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
+		if _, rest, ok := strings.Cut(sc.Text(), criu.ResumedLog); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				us, err := strconv.ParseInt(f[0], 10, 64)
+				if err != nil {
+					return Times{}, fmt.Errorf("CRIU log: %q: %w", sc.Text(), err)
+				}
+				t.Resume += time.Duration(us) * time.Microsecond
+			}
+			continue
+		}
 		m := logStamp.FindStringSubmatch(sc.Text())
 		if m == nil {
 			continue

@@ -13,9 +13,9 @@ import (
 
 func TestLogTimes(t *testing.T) {
 	for _, tc := range []struct {
-		name, log  string
-		criu, rdma time.Duration
-		bad        bool
+		name, log          string
+		criu, rdma, resume time.Duration
+		bad                bool
 	}{
 		{name: "two hooks", log: `(00.000010) Version: 3.17.1
 (00.100000) Dumping pages
@@ -26,6 +26,14 @@ func TestLogTimes(t *testing.T) {
 no stamp here
 (01.500000) Writing stats`, criu: 1500 * time.Millisecond, rdma: 60 * time.Millisecond},
 		{name: "no hook", log: "(00.000001) start\n(00.020000) end\n", criu: 20 * time.Millisecond},
+		// The helper's lines in a restore's log, one per process.
+		{name: "resumed", log: `(00.000010) Version: 3.17.1
+(00.100000) plugin: ` + "`migros'" + ` hook 0 -> 0x7f
+migros-criu: QPs resumed, us: 1500 (process 7)
+migros-criu: QPs resumed, us: 250 (process 8)
+(00.400000) Restore finished successfully`, criu: 400 * time.Millisecond, rdma: 300 * time.Millisecond,
+			resume: 1750 * time.Microsecond},
+		{name: "resumed, garbled", log: "(00.000001) start\nmigros-criu: QPs resumed, us: x\n", bad: true},
 		{name: "no stamps", log: "hello\n", bad: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -33,8 +41,8 @@ no stamp here
 			if (err != nil) != tc.bad {
 				t.Fatalf("error %v", err)
 			}
-			if got.CRIU != tc.criu || got.RDMA != tc.rdma {
-				t.Fatalf("%+v, want CRIU %v, RDMA %v", got, tc.criu, tc.rdma)
+			if got.CRIU != tc.criu || got.RDMA != tc.rdma || got.Resume != tc.resume {
+				t.Fatalf("%+v, want CRIU %v, RDMA %v, resume %v", got, tc.criu, tc.rdma, tc.resume)
 			}
 		})
 	}

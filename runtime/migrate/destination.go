@@ -59,8 +59,10 @@ type Result struct {
 	// in that (0 if CRIU's log could not be read).
 	CRIURestore time.Duration `json:"criu_restore_ns,omitempty"`
 	RDMARestore time.Duration `json:"rdma_restore_ns,omitempty"`
-	Bytes       int64         `json:"bytes"`
-	PID         uint32        `json:"pid"`
+	// Resume is, in RDMARestore, the restored QPs resuming.
+	Resume time.Duration `json:"resume_ns,omitempty"`
+	Bytes  int64         `json:"bytes"`
+	PID    uint32        `json:"pid"`
 }
 
 // Destination takes containers in on this host, for the agent.
@@ -438,7 +440,7 @@ func (d *Destination) restore(ctx context.Context, req *Request, r io.Reader, tr
 	}
 	res.Restore, res.PID = time.Since(start), task.Pid()
 	if t, err := restoreTimes(d.State, d.Namespace, req.ID); err == nil {
-		res.CRIURestore, res.RDMARestore = t.CRIU, t.RDMA
+		res.CRIURestore, res.RDMARestore, res.Resume = t.CRIU, t.RDMA, t.Resume
 	} else {
 		log.G(ctx).WithError(err).Warnf("migration of %s: no breakdown of the restore", req.ID)
 	}

@@ -46,10 +46,12 @@ type Options struct {
 	ID        string // the container
 	To        string // the destination's agent, HOST[:PORT]
 	Identity  *agent.Identity
-	// Progress, if set, hears of each phase as it starts and, during the
-	// transfer, of the bytes sent, about once a second.
+	// Progress, if set, hears of each phase as it starts and, while it
+	// sends (pre-copy, checkpoint, transfer), of the bytes sent, about
+	// once a second.
 	Progress func(Progress)
-	// Bandwidth caps the transfer, in bytes per second (0: no cap).
+	// Bandwidth caps each stream to the destination (pre-dumps, memory,
+	// the checkpoint), in bytes per second (0: no cap).
 	Bandwidth int64
 	// PreCopy is how many rounds of pre-copy come before the freeze:
 	// each pre-dumps the running container's memory (only what it wrote
@@ -388,6 +390,7 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 	if res.CRIURestore > 0 {
 		rep.part(PhaseRestore, PartCRIURestore, res.CRIURestore)
 		rep.part(PhaseRestore, PartRDMARestore, res.RDMARestore)
+		rep.part(PhaseRestore, PartResume, res.Resume)
 	}
 	rep.Bytes = res.Bytes + rep.StreamedBytes
 	rep.BlackoutMS = ms(time.Since(frozen))

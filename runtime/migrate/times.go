@@ -28,6 +28,7 @@ const (
 	PartMemoryDump  = "memory dump"  // the pages, in CRIU's run
 	PartCRIURestore = "criu restore" // CRIU's run, in restore
 	PartRDMARestore = "rdma restore" // rebuilding the RDMA objects and resuming the QPs, in CRIU's run
+	PartResume      = "resume"       // the restored QPs resuming (telling their peers), in rdma restore
 )
 
 // dumpTimes reads where checkpoint img's dump went from CRIU's log and
