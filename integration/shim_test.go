@@ -151,7 +151,9 @@ func startMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string
 // many freezes in a row (rolled-back migrations) may well do.
 func startPacedMover(ctx context.Context, t *testing.T, g, peer *lab.Guest, id string, pace time.Duration, perf bool) *mover {
 	t.Helper()
-	m := &mover{id: id, perfIters: 2000, perfSize: 65536}
+	// ib_write_bw for 10-20 s (scaled to the lab's speed), so that the
+	// moves land in its transfer.
+	m := &mover{id: id, perfIters: scaled(t, 2000), perfSize: 65536}
 	appNetns(ctx, t, g)
 	const perfPort = 18600
 	perfArgv := []string{"ib_write_bw", "-x", "1", "-n", fmt.Sprint(m.perfIters), "-s", fmt.Sprint(m.perfSize), "-p", fmt.Sprint(perfPort)}
