@@ -93,7 +93,12 @@ const (
 )
 
 // DumpStatsTime is the memory dump's time from CRIU's stats-dump image:
-// its memdump_time and memwrite_time (stats.proto, microseconds).
+// its memdump_time (stats.proto, microseconds), collecting the pages and
+// writing them (to the images, or a page server). memwrite_time, the
+// writing alone, runs inside it in a dump (CRIU's mem.c writes each
+// chunk as it collects it): adding both counted the writing twice, which
+// showed once the pages streamed slowly to a page server (a memory dump
+// longer than the whole checkpoint).
 func DumpStatsTime(b []byte) (time.Duration, error) {
 	le := binary.LittleEndian
 	if len(b) < 12 {
@@ -116,14 +121,14 @@ func DumpStatsTime(b []byte) (time.Duration, error) {
 		return 0, fmt.Errorf("stats-dump: no dump stats: %v", err)
 	}
 	var us uint64
-	// dump_stats_entry: 3 memdump_time, 4 memwrite_time.
+	// dump_stats_entry: 3 memdump_time.
 	for len(dump) > 0 {
 		num, typ, l := protowire.ConsumeTag(dump)
 		if l < 0 {
 			return 0, fmt.Errorf("stats-dump: %w", protowire.ParseError(l))
 		}
 		dump = dump[l:]
-		if typ == protowire.VarintType && (num == 3 || num == 4) {
+		if typ == protowire.VarintType && num == 3 {
 			v, l := protowire.ConsumeVarint(dump)
 			if l < 0 {
 				return 0, fmt.Errorf("stats-dump: %w", protowire.ParseError(l))
