@@ -142,8 +142,9 @@ unit-test:
 # The lab is torn down even when go test dies (a timeout panics past
 # TestMain's cleanup).
 e2e-test: lab-assets
+	rm -rf $(OUT)/e2e-logs
 	rc=0; $(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v $(GOTEST_FLAGS) \
-		./integration/ -assets $(LABOUT)/assets.json 2>&1 | tee $(OUT)/e2e.log || rc=$$?; \
+		./integration/ -assets $(LABOUT)/assets.json -logs $(OUT)/e2e-logs 2>&1 | tee $(OUT)/e2e.log || rc=$$?; \
 	$(BIN)/migros-lab down --name e2e; exit $$rc
 
 # Lab performance: boot time, perftest latency and bandwidth, and the stage

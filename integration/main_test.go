@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ var (
 	labName    = flag.String("lab", "e2e", "name of the lab these tests boot")
 	guestNames = flag.String("guests", "src,dst,peer", "guests of that lab")
 	guestMemMB = flag.Int("guest-memory", 0, "memory of each guest in MiB (0: the default)")
+	logsDir    = flag.String("logs", "", "where a failed test leaves its guests' logs (empty: in the test's output)")
 )
 
 // The lab all tests share, booted once by TestMain.
@@ -117,12 +119,38 @@ func guest(t testing.TB, name string) *lab.Guest {
 	if g == nil {
 		t.Fatalf("lab has no guest %q", name)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(g.Logs(context.Background()))
-		}
-	})
+	t.Cleanup(func() { keepLogs(t, g) })
 	return g
+}
+
+// keepLogs, if t failed, writes g's logs (console, kernel log,
+// containerd's log) to a file under -logs and says where, with the
+// kernel's warnings, in one line or a few: the test's own failure stays
+// at the end of its output. Without -logs, it prints the logs.
+func keepLogs(t testing.TB, g *lab.Guest) {
+	t.Helper()
+	if !t.Failed() {
+		return
+	}
+	logs := g.Logs(context.Background())
+	if *logsDir == "" {
+		t.Log(logs)
+		return
+	}
+	name := filepath.Join(*logsDir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"."+g.Name+".log")
+	err := os.MkdirAll(*logsDir, 0o755)
+	if err == nil {
+		err = os.WriteFile(name, []byte(logs), 0o644)
+	}
+	if err != nil {
+		t.Logf("%s's logs (%v):\n%s", g.Name, err, logs)
+		return
+	}
+	w := warnings(logs)
+	t.Logf("%s's logs: %s (%d lines of kernel warnings)", g.Name, name, len(w))
+	for _, l := range w[:min(len(w), 3)] {
+		t.Logf("  %s", l)
+	}
 }
 
 // testContext bounds one test's work in the lab.

@@ -96,9 +96,8 @@ func TestInteropWithStockRXE(t *testing.T) {
 	defer l.Down(context.Background())
 	ours, stock := l.Guest("src"), l.Guest("peer")
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(ours.Logs(context.Background()), stock.Logs(context.Background()))
-		}
+		keepLogs(t, ours)
+		keepLogs(t, stock)
 	})
 
 	if _, err := stock.Output(ctx, "cat", "/sys/module/rdma_rxe/parameters/migros_version"); err == nil {
