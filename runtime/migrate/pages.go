@@ -154,8 +154,7 @@ func (p *pageStream) Addr() string { return p.ln.Addr().String() }
 // close it.
 func (p *pageStream) serve() {
 	defer close(p.done)
-	conn, err := p.ln.Accept()
-	p.ln.Close()
+	conn, err := p.accept()
 	if err != nil {
 		p.d.Close()
 		p.err = err
@@ -192,6 +191,23 @@ func (p *pageStream) serve() {
 	default:
 		// The page server had it all: it ends only once CRIU is done.
 		_ = uerr
+	}
+}
+
+// accept takes the first connection made from a socket of this agent's
+// user (CRIU's: root); it closes any other.
+func (p *pageStream) accept() (net.Conn, error) {
+	defer p.ln.Close()
+	for {
+		conn, err := p.ln.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uid, err := loopbackOwner(conn)
+		if err == nil && uid == uint32(os.Geteuid()) {
+			return conn, nil
+		}
+		conn.Close()
 	}
 }
 
@@ -312,7 +328,7 @@ func (d *Destination) servePages(ctx context.Context, token, dir, parent string,
 	if err != nil {
 		return err
 	}
-	out, err := d.runPageServer(dir, parent, r, w)
+	out, err := d.runPageServer(ctx, dir, parent, r, w)
 	if err != nil {
 		os.RemoveAll(dir)
 		err = fmt.Errorf("pages of %s: %w", token, err)
@@ -330,9 +346,9 @@ func (d *Destination) servePages(ctx context.Context, token, dir, parent string,
 	return nil
 }
 
-// runPageServer runs CRIU's page server into dir, over r and w; out is
-// where it answered, nil if it did not.
-func (d *Destination) runPageServer(dir, parent string, r io.Reader, w http.ResponseWriter) (io.Writer, error) {
+// runPageServer runs CRIU's page server into dir, over r and w, until
+// the stream or ctx ends; out is where it answered, nil if it did not.
+func (d *Destination) runPageServer(ctx context.Context, dir, parent string, r io.Reader, w http.ResponseWriter) (io.Writer, error) {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return nil, err
 	}
@@ -361,8 +377,8 @@ func (d *Destination) runPageServer(dir, parent string, r io.Reader, w http.Resp
 	if criu == "" {
 		criu = "criu"
 	}
-	// It ends when the stream does, or with the agent.
-	cmd := exec.Command(criu, "page-server", "--images-dir", dir, "--ps-socket", "3", "-v4", "-o", log)
+	// It ends when the stream does, or with the request or the agent.
+	cmd := exec.CommandContext(ctx, criu, "page-server", "--images-dir", dir, "--ps-socket", "3", "-v4", "-o", log)
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
