@@ -6,6 +6,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,9 @@ func startPingpong(ctx context.Context, t *testing.T, server, client *lab.Guest,
 func TestControlErrors(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
-	pp := startPingpong(ctx, t, peer, src, "2500")
+	// It must outlast the calls below, several commands each.
+	iters := scaled(t, 2500)
+	pp := startPingpong(ctx, t, peer, src, fmt.Sprint(iters))
 	pid := pidOf(ctx, t, src, "ibv_rc_pingpong")
 	before := listQPs(ctx, t, src, pid)
 
@@ -68,7 +71,7 @@ func TestControlErrors(t *testing.T) {
 	if err := pp.Client.Wait(); err != nil {
 		t.Fatalf("traffic disturbed by the bad calls: %v\n%s", err, pp.ClientOut)
 	}
-	checkPingpong(2500)(t, pp.ClientOut.String())
+	checkPingpong(iters)(t, pp.ClientOut.String())
 }
 
 func itoa(v uint32) string {

@@ -155,7 +155,10 @@ func delta(after, before map[string]int64, name string) int64 { return after[nam
 // peer sends during the stop it must be Paused, with counters and query
 // saying so; where only src sends, peer has nothing to pause for.
 func TestStopPauseResume(t *testing.T) {
-	const n = "3000"
+	// Exchanges of 4 ms on the lab these were sized on (12 s, past the
+	// stop); more on a faster one.
+	iters := scaled(t, 3000)
+	n := fmt.Sprint(iters)
 	// Enough 64 KiB messages to span the stop (10-20 s of traffic in
 	// the lab).
 	dur := []string{"-n", "3000", "-s", "65536"}
@@ -167,7 +170,7 @@ func TestStopPauseResume(t *testing.T) {
 		check     func(t *testing.T, out string)
 	}{
 		// -c: every received buffer is checked.
-		{"ibv_rc_pingpong src client", []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", n}, "src", false, checkPingpong(3000)},
+		{"ibv_rc_pingpong src client", []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", n}, "src", false, checkPingpong(iters)},
 		{"ib_write_bw bidirectional", append([]string{"ib_write_bw", "-b"}, dur...), "src", true, checkBW(3000, 65536)},
 		{"ib_send_bw peer sends", append([]string{"ib_send_bw"}, dur...), "peer", true, checkBW(3000, 65536)},
 		{"ib_write_bw peer sends", append([]string{"ib_write_bw"}, dur...), "peer", true, checkBW(3000, 65536)},
