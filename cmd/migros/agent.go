@@ -48,6 +48,8 @@ func agentCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	d := &migrate.Destination{Address: *address, Namespace: *ns, Uplink: *uplink, Root: *root, State: *state}
+	// What migrations whose source died left here.
+	go d.Sweep(ctx, time.Hour)
 	s := &agent.Server{ID: id, Info: agent.HostInfo, Routes: d.Routes()}
 	return s.Serve(ctx, l)
 }
