@@ -239,7 +239,8 @@ func BenchmarkMigrate(b *testing.B) {
 		"container running on the destination. CRIU dump and restore are CRIU's runs (from their logs), inside checkpoint "+
 		"and restore; RDMA dump and restore are the time inside MigrOS' CRIU plugin (reading and rebuilding the RDMA "+
 		"objects, resuming the QPs), inside CRIU's runs; memory dump is CRIU's own count (collecting and writing the "+
-		"pages). TCG makes absolute times several times those of real hardware; the ratios are the result.\n\n", src.MemoryMB)
+		"pages). The memory goes to the destination's page server as CRIU dumps it (the default): memory dump "+
+		"includes sending it, and transfer is the rest of the checkpoint. TCG makes absolute times several times those of real hardware; the ratios are the result.\n\n", src.MemoryMB)
 	fmt.Fprintf(&rep, "## 16 QPs and 64 MiB registered, against no RDMA\n\n%s", head)
 	row(&rep, rdma)
 	row(&rep, plain)
