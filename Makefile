@@ -31,7 +31,7 @@ E2E_TIMEOUT ?= 50m
 E2E_RUN ?= .
 
 .PHONY: all deps tools kernel kernel-check binaries plugin install lab-assets lab lab-down demo \
-	test unit-test e2e-test bench bench-lab clean distclean
+	test unit-test e2e-test bench bench-lab clean distclean FORCE
 
 all: binaries kernel
 
@@ -56,9 +56,16 @@ $(BIN)/.tools: go.mod go.sum | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 tools: $(BIN)/.tools
 
 # Our rdma_rxe.ko: Debian's rxe source plus kernel/patches.
-$(OUT)/kernel/rdma_rxe.ko: $(wildcard kernel/patches/*.patch) hack/build-rxe.sh | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
+PATCHES := $(wildcard kernel/patches/*.patch)
+$(OUT)/kernel/rdma_rxe.ko: $(PATCHES) $(OUT)/kernel/.series hack/build-rxe.sh | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	@mkdir -p $(OUT)/kernel
 	hack/build-rxe.sh build
+# The series' names, rewritten when they change: a patch removed or
+# renamed rebuilds the module too, which the patches' times do not tell.
+$(OUT)/kernel/.series: FORCE
+	@mkdir -p $(@D)
+	@echo '$(notdir $(PATCHES))' | cmp -s - $@ || echo '$(notdir $(PATCHES))' >$@
+FORCE:
 kernel: $(OUT)/kernel/rdma_rxe.ko
 kernel-check: | $(CACHE)/.deps-$(KREL)-$(KERNEL_DEB)
 	hack/build-rxe.sh check
