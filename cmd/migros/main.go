@@ -17,10 +17,14 @@
 // process:
 //
 //	migros rxe list   --pid P [--json]    the process' QPs and their state
-//	migros rxe stop   --pid P [--qp H]    stop its QPs (peers pause)
-//	migros rxe resume --pid P [--qp H]    resume its Stopped QPs
+//	migros rxe stop   --pid P [--qpn N]   stop its QPs (peers pause), or one
+//	migros rxe resume --pid P [--qpn N]   resume its Stopped QPs, or one
 //	migros rxe dump   --pid P             every RDMA object of the process (JSON)
 //	migros rxe check-ids [--device D] ID...  are these IDs free on this host?
+//
+// A QP may also be named by its uverbs handle (--qp H), which is per
+// context: with --fd F (the context the process has open on fd F) when
+// the process has several.
 package main
 
 import (
@@ -32,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"text/tabwriter"
 
@@ -47,7 +52,7 @@ const usage = `usage: migros checkpoint --pid PID --images DIR [--leave-running]
        migros agent init --out DIR NAME=IP[,IP...]...
        migros agent ping [--pki DIR] HOST[:PORT]
        migros migrate CONTAINER --to HOST[:PORT] [--json]
-       migros rxe list|stop|resume|dump --pid PID [--qp HANDLE] [--json]
+       migros rxe list|stop|resume|dump --pid PID [--qpn QPN | --qp HANDLE [--fd FD]] [--json]
        migros rxe check-ids [--device /dev/infiniband/uverbsN] ID...
                  ID: qp:QPN, mr:LKEY, mw:RKEY, srq:NUM or ah:NUM
 `
@@ -155,24 +160,31 @@ func rxe(cmd string, args []string) error {
 	}
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	pid := fs.Int("pid", 0, "process whose RDMA contexts to act on")
-	qp := fs.Int("qp", -1, "only the QP with this uverbs handle")
+	qp := fs.Int("qp", -1, "only the QP with this uverbs handle (in the context of --fd)")
+	qpn := fs.String("qpn", "", "only the QP with this number")
+	fd := fs.Int("fd", -1, "only the context the process has open on this file descriptor")
 	asJSON := fs.Bool("json", false, "print JSON (list)")
 	fs.Parse(args)
 	if *pid <= 0 {
 		return errors.New("--pid is required")
 	}
-	ctxs, err := rdma.OpenPID(*pid)
+	all, err := rdma.OpenPID(*pid)
 	if err != nil {
 		return err
 	}
-	if len(ctxs) == 0 {
-		return fmt.Errorf("process %d has no uverbs device open", *pid)
-	}
 	defer func() {
-		for _, c := range ctxs {
+		for _, c := range all {
 			c.Close()
 		}
 	}()
+	if len(all) == 0 {
+		return fmt.Errorf("process %d has no uverbs device open", *pid)
+	}
+	ctxs, handle, err := selectQP(all, func(c *rdma.Context) int { return c.FD }, *fd, *qp, *qpn)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", *pid, err)
+	}
+	*qp = handle
 	switch cmd {
 	case "list":
 		return list(ctxs, *asJSON)
@@ -211,6 +223,55 @@ func rxe(cmd string, args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown command %q", cmd)
+}
+
+// qpLister is what selectQP needs of a context.
+type qpLister interface {
+	QPs() ([]rdma.QPRef, error)
+}
+
+// selectQP narrows a process' contexts to those a command acts on: the
+// one on fd (if >= 0), the one holding the QP numbered qpn (if set),
+// whose handle it returns, or the one a handle (>= 0) is taken in,
+// which must be the only one. handle is -1 for every QP.
+func selectQP[C qpLister](ctxs []C, fdOf func(C) int, wantFD, handle int, qpn string) ([]C, int, error) {
+	if wantFD >= 0 {
+		var on []C
+		for _, c := range ctxs {
+			if fdOf(c) == wantFD {
+				on = append(on, c)
+			}
+		}
+		if len(on) == 0 {
+			return nil, -1, fmt.Errorf("no RDMA context on fd %d", wantFD)
+		}
+		ctxs = on
+	}
+	if qpn != "" {
+		if handle >= 0 {
+			return nil, -1, errors.New("--qp and --qpn both name a QP: give one")
+		}
+		n, err := strconv.ParseUint(qpn, 0, 24)
+		if err != nil {
+			return nil, -1, fmt.Errorf("--qpn %q: not a QP number", qpn)
+		}
+		for _, c := range ctxs {
+			refs, err := c.QPs()
+			if err != nil {
+				return nil, -1, err
+			}
+			for _, r := range refs {
+				if uint64(r.QPN) == n {
+					return []C{c}, int(r.Handle), nil
+				}
+			}
+		}
+		return nil, -1, fmt.Errorf("%w: no QP %#x", rdma.ErrNoObject, n)
+	}
+	if handle >= 0 && len(ctxs) > 1 {
+		return nil, -1, fmt.Errorf("%d RDMA contexts, each with its own handles: name the QP with --qpn, or the context with --fd", len(ctxs))
+	}
+	return ctxs, handle, nil
 }
 
 func list(ctxs []*rdma.Context, asJSON bool) error {
