@@ -395,6 +395,43 @@ func TestMigrateFaults(t *testing.T) {
 			givenBack(ctx, t, src, dst, id)
 		})
 	}
+	// Killed outright while it streams the memory, past the freeze,
+	// migros migrate cannot give the source back: the source's agent
+	// finds its journal entry, asks the destination (which has no such
+	// restore) and does.
+	t.Run("migros migrate killed past the freeze", func(t *testing.T) {
+		_, agentLog := runAgent(ctx, t, src, pki)
+		var stderr lockedBuffer
+		p, err := src.Start(ctx, &control.Cmd{Argv: []string{"migros", "migrate", id, "--to", dst.Addr(),
+			"--pki", filepath.Join(pki, src.Name), "--bandwidth", "0.1"}, Stderr: &stderr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for sending := regexp.MustCompile(`: checkpoint: [0-9.]+ MiB sent`); !sending.MatchString(stderr.String()); {
+			select {
+			case <-p.Done():
+				t.Fatalf("migrate ended before sending:\n%s", stderr.String())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if out, err := src.Output(ctx, "pkill", "-KILL", "-f", "migros migrate "+id); err != nil {
+			t.Fatalf("pkill: %v\n%s", err, out)
+		}
+		if err := p.Wait(); err == nil {
+			t.Fatalf("migrate was not killed:\n%s", stderr.String())
+		}
+		settled := regexp.MustCompile(`.*settled a migration whose migros migrate died.*the source is given back.*`)
+		for deadline := time.Now().Add(time.Minute); !settled.MatchString(agentLog.String()); time.Sleep(time.Second) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the source's agent did not settle the migration:\n%s", agentLog.String())
+			}
+		}
+		t.Logf("the source's agent: %s", settled.FindString(agentLog.String()))
+		givenBack(ctx, t, src, dst, id)
+		if out, err := src.Output(ctx, "sh", "-c", "ls /run/migros/migrate/*/ 2>/dev/null"); err == nil && strings.TrimSpace(out) != "" {
+			t.Errorf("journal entries left: %s", out)
+		}
+	})
 	m.finish(ctx, t, src)
 }
 

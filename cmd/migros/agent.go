@@ -48,11 +48,17 @@ func agentCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	d := &migrate.Destination{Address: *address, Namespace: *ns, Uplink: *uplink, Root: *root, State: *state}
-	// What migrations whose source died left here.
+	// What migrations whose source died left here, and the migrations
+	// from here whose migros migrate died past the freeze.
 	go d.Sweep(ctx, time.Hour)
+	go migrate.Recover(ctx, id, recoverEvery)
 	s := &agent.Server{ID: id, Info: agent.HostInfo, Routes: d.Routes()}
 	return s.Serve(ctx, l)
 }
+
+// recoverEvery is how often the agent looks for migrations from this
+// host whose migros migrate died past the freeze.
+const recoverEvery = 5 * time.Second
 
 // defaultUplink is the interface of the default route, else the only
 // interface besides lo, else eth0.

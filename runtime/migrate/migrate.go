@@ -164,6 +164,9 @@ func Abort(ctx context.Context, address, namespace, id string) error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, task.Resume(ctx))
+	// QPs stopped outside the shim (Redirty, by a migration killed before
+	// its checkpoint) resume too; the shim resumed those it stopped.
+	errs = append(errs, checkpoint.Resume(int(task.Pid())))
 	imgs, err := client.ImageService().List(ctx)
 	errs = append(errs, err)
 	for _, i := range imgs {
@@ -208,7 +211,7 @@ func (rep *Report) part(within, name string, d time.Duration) {
 	rep.Phases = append(rep.Phases, Phase{Name: name, MS: ms(d), Within: within})
 }
 
-func migrate(ctx context.Context, o Options, rep *Report) error {
+func migrate(ctx context.Context, o Options, rep *Report) (retErr error) {
 	client, err := dial(o.Address)
 	if err != nil {
 		rep.FailedPhase = PhasePreflight
@@ -289,7 +292,23 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 		defer pages.Close()
 	}
 
-	// From here on, a failure gives the source back.
+	// From here on, a failure gives the source back; if this command
+	// dies, the host's agent does (Recover). Kept only when it cannot be
+	// told whether the destination runs the container: the agent asks on.
+	forget, err := writeJournal(JournalRoot, Journal{Address: o.Address, Namespace: o.Namespace, ID: o.ID,
+		To: o.To, Checkpoint: req.Checkpoint, Token: req.Token})
+	if err != nil {
+		rep.FailedPhase = PhaseFreeze
+		if req.Token != "" {
+			dropPreDumps(ctx, dest, req.Token)
+		}
+		return fmt.Errorf("%s: %w", PhaseFreeze, err)
+	}
+	defer func() {
+		if unknown := (*unknownOutcome)(nil); !errors.As(retErr, &unknown) {
+			forget()
+		}
+	}()
 	frozen := time.Now()
 	var paused, netDown bool
 	fail := func(err error) error {
@@ -397,17 +416,7 @@ func migrate(ctx context.Context, o Options, rep *Report) error {
 
 	// The container runs on the destination: the source goes.
 	return rep.run(o, PhaseCleanup, func() error {
-		uctx := context.WithoutCancel(ctx)
-		var errs []error
-		if _, err := task.Delete(uctx, containerd.WithProcessKill); err != nil {
-			errs = append(errs, err)
-		}
-		errs = append(errs, c.Delete(uctx, containerd.WithSnapshotCleanup))
-		errs = append(errs, client.ImageService().Delete(uctx, req.Checkpoint))
-		if req.Net != nil {
-			errs = append(errs, req.Net.remove(uctx))
-		}
-		return errors.Join(errs...)
+		return removeSource(context.WithoutCancel(ctx), client, c, task, req.Checkpoint, req.Net)
 	})
 }
 
@@ -620,8 +629,9 @@ type unknownOutcome struct {
 
 func (u *unknownOutcome) Error() string {
 	return fmt.Sprintf("the destination received the whole checkpoint and did not answer (%v), nor say since what "+
-		"became of it (%v): the container may run there, so the source stays frozen; "+
-		"if it does not run there, give it back with `migros migrate %s --abort`", u.err, u.query, u.id)
+		"became of it (%v): the container may run there, so the source stays frozen, and this host's agent "+
+		"asks the destination on; if it does not run there, give it back now with `migros migrate %s --abort`",
+		u.err, u.query, u.id)
 }
 
 func (u *unknownOutcome) Unwrap() error { return u.err }
