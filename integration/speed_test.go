@@ -36,7 +36,8 @@ func scaled(t *testing.T, n int) int {
 		labSpeed.factor = 1
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		src, peer := guest(t, "src"), guest(t, "peer")
+		// Not guest(): this test's logs are its own to keep.
+		src, peer := theLab.Guest("src"), theLab.Guest("peer")
 		argv := []string{"ibv_rc_pingpong", "-g", "1", "-c", "-n", "1000"}
 		res, err := lab.RunPair(ctx, peer, argv, src, append(argv, peer.Addr()))
 		if err != nil {
