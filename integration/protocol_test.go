@@ -323,30 +323,19 @@ func stateOf(client, server *control.Process) string {
 }
 
 // Resuming a whole context resumes every Stopped QP, past QPs that are
-// not: of an rdmacheck -M process's QPs (two connections, two QPs each),
-// the one of the highest QPN is stopped by its handle, and `migros rxe
-// resume --pid` resumes it; the traffic then finishes, every round
-// checked at both ends.
+// not: of three connected RC QPs in one context (rdmacheck -H, which
+// holds them without traffic), the one of the highest QPN is stopped by
+// its number, and `migros rxe resume --pid` resumes it, and it alone.
 func TestResumeContextPastRunningQPs(t *testing.T) {
-	ctx := testContext(t, 5*time.Minute)
+	ctx := testContext(t, 3*time.Minute)
 	src, peer := guest(t, "src"), guest(t, "peer")
-	// 5 ms a round: 15 s on the lab these were sized on, past the checks.
-	rounds := fmt.Sprint(scaled(t, 3000))
-	args := []string{"rdmacheck", "-M", "-c", "2", "-q", "8", "-n", rounds, "-w", "5000"}
+	args := []string{"rdmacheck", "-H", "-q", "3", "-s", "65536"}
 	pair, err := lab.StartPair(ctx, peer, args, src, append(args, peer.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		pair.Kill()
-		if t.Failed() {
-			t.Logf("src:\n%s\npeer:\n%s", pair.ClientOut, pair.ServerOut)
-		}
-	})
-	waitConnected(ctx, t, src, "rdmacheck")
+	t.Cleanup(pair.Kill)
 	pid := pidOf(ctx, t, src, "rdmacheck")
-	// Both connections up (two QPs each, in RTS) and exchanging: a QP
-	// stopped while its program still sets it up fails the program.
 	var qps []rdma.QPInfo
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		qps = listQPs(ctx, t, src, pid)
@@ -356,24 +345,19 @@ func TestResumeContextPastRunningQPs(t *testing.T) {
 				rts++
 			}
 		}
-		if rts == 4 {
+		if rts == 3 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d QPs in RTS after a minute, want 4", rts, len(qps))
+			t.Fatalf("%d of %d QPs in RTS after a minute, want 3\nsrc:\n%s", rts, len(qps), pair.ClientOut)
 		}
 	}
-	time.Sleep(2 * time.Second)
 	last := qps[0]
 	for _, q := range qps {
 		if q.QPN > last.QPN {
 			last = q
 		}
 	}
-	out, _ := src.Output(ctx, "migros", "rxe", "list", "--pid", pid)
-	t.Logf("stopping QP %#x of:\n%s", last.QPN, out)
-	// By number: a handle names a QP in one context, and this process has
-	// one per connection.
 	if out, err := src.Output(ctx, "migros", "rxe", "stop", "--pid", pid, "--qpn", fmt.Sprintf("%#x", last.QPN)); err != nil {
 		t.Fatalf("stop QP %#x: %v\n%s", last.QPN, err, out)
 	}
@@ -382,7 +366,8 @@ func TestResumeContextPastRunningQPs(t *testing.T) {
 			t.Fatalf("QP %#x is %s after stopping QP %#x alone", q.QPN, q.Mig, last.QPN)
 		}
 	}
-	if out, err := src.Output(ctx, "migros", "rxe", "resume", "--pid", pid); err != nil {
+	out, err := src.Output(ctx, "migros", "rxe", "resume", "--pid", pid)
+	if err != nil || !strings.Contains(out, "resumed 1 QPs") {
 		t.Fatalf("resume: %v\n%s", err, out)
 	}
 	for _, q := range listQPs(ctx, t, src, pid) {
@@ -390,15 +375,4 @@ func TestResumeContextPastRunningQPs(t *testing.T) {
 			t.Errorf("QP %#x still stopped after the context's resume", q.QPN)
 		}
 	}
-	for name, p := range map[string]*control.Process{"src": pair.Client, "peer": pair.Server} {
-		select {
-		case <-p.Done():
-		case <-time.After(3 * time.Minute):
-			t.Fatalf("%s's rdmacheck did not finish", name)
-		}
-	}
-	if cerr, serr := pair.Client.Wait(), pair.Server.Wait(); cerr != nil || serr != nil {
-		t.Fatalf("client %v, server %v\nclient:\n%s\nserver:\n%s", cerr, serr, pair.ClientOut, pair.ServerOut)
-	}
-	mixedDone(t, rounds, map[string]string{"src": pair.ClientOut.String(), "peer": pair.ServerOut.String()})
 }
