@@ -152,7 +152,7 @@ func parseStart(stat []byte) (uint64, error) {
 // the destination drops the migration's pre-dumps. No answer, or still
 // restoring: it asks again the next time.
 func Recover(ctx context.Context, id *agent.Identity, interval time.Duration) {
-	for {
+	periodically(ctx, interval, func() {
 		js, err := readJournals(JournalRoot)
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("reading the migrations' journal")
@@ -168,12 +168,7 @@ func Recover(ctx context.Context, id *agent.Identity, interval time.Duration) {
 				l.Infof("settled a migration whose migros migrate died: %s", done)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(interval):
-		}
-	}
+	})
 }
 
 // settle settles j's migration and forgets it, saying what it did; ""

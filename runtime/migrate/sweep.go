@@ -23,7 +23,7 @@ const StaleAfter = 24 * time.Hour
 // Sweep removes the stale migration directories under PreDumpRoot now,
 // then every interval until ctx ends.
 func (d *Destination) Sweep(ctx context.Context, interval time.Duration) {
-	for {
+	periodically(ctx, interval, func() {
 		removed, err := sweep(PreDumpRoot, StaleAfter, time.Now())
 		for _, token := range removed {
 			d.pages.forget(token)
@@ -32,6 +32,13 @@ func (d *Destination) Sweep(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("removing stale migration directories")
 		}
+	})
+}
+
+// periodically runs f now, then every interval until ctx ends.
+func periodically(ctx context.Context, interval time.Duration, f func()) {
+	for {
+		f()
 		select {
 		case <-ctx.Done():
 			return
